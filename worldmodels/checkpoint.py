@@ -1,0 +1,74 @@
+"""Checkpoints: a tensors-only `.pt` (loaded with weights_only=True) beside a JSON config.
+
+`save` writes both atomically; `load_model` rebuilds the module from the JSON and refuses
+a state whose tensor sizes differ from what the config implies, naming both sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from worldmodels.config import from_dict, load_json, save_json
+from worldmodels.errors import UserError
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def save(path: Path, model: nn.Module, config: Any, extra: dict[str, Any] | None = None) -> None:
+    """Write `path` (.pt: {"model": state_dict, **extra}) and `path` with .json (the config)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"model": model.state_dict(), **(extra or {})}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    save_json(asdict(config), path.with_suffix(".json"))
+
+
+def load_payload(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+
+
+def load_model(path: Path, model_cls: type[M], config_cls: type) -> tuple[M, dict[str, Any]]:
+    """Rebuild `model_cls(config)` from `path`'s JSON and load its weights.
+
+    Returns (model in eval mode, the rest of the payload, e.g. optimizer state)."""
+    path = Path(path)
+    config = from_dict(config_cls, load_json(path.with_suffix(".json")))
+    model = model_cls(config)
+    payload = load_payload(path)
+    state = payload.pop("model", None)
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: no model weights in checkpoint")
+    expected = model.state_dict()
+    if set(state) != set(expected):
+        raise UserError(
+            f"{path}: checkpoint is not a {model_cls.__name__} (tensor names differ: "
+            f"{sorted(set(state) ^ set(expected))[:3]} ...)"
+        )
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise UserError(
+                f"{path}: {name} has size {tuple(tensor.shape)} in the checkpoint but "
+                f"{tuple(expected[name].shape)} from its config {path.with_suffix('.json').name}"
+            )
+    model.load_state_dict(state)
+    return model.eval(), payload

@@ -1,0 +1,75 @@
+"""The `worldmodels` console script: argument parsing and dispatch only.
+
+Each subcommand hands its arguments to the module that does the work. Bad input raises
+UserError, which becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from worldmodels.errors import UserError
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="worldmodels", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("collect", help="collect CarRacing episodes on Ray workers")
+    p.add_argument("--out", type=Path, required=True, help="directory for episode files")
+    p.add_argument("--episodes", type=_positive, required=True)
+    p.add_argument("--max-steps", type=_positive, default=1000)
+    p.add_argument("--policy", choices=["random", "brownian"], default="brownian")
+    p.add_argument("--workers", type=_non_negative, default=2, help="0: in-process, no Ray")
+    p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
+    p.add_argument("--seed", type=_non_negative, default=0)
+    p.set_defaults(handler="worldmodels.data.collect:cli_collect")
+
+    p = sub.add_parser("validate", help="check every episode file in a directory")
+    p.add_argument("data", type=Path)
+    p.set_defaults(handler="worldmodels.data.collect:cli_validate")
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = args.handler.split(":")
+    import importlib
+
+    handler = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(handler(args) or 0)
+    except UserError as err:
+        print(f"worldmodels {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"worldmodels {args.command}: interrupted; rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Episode files: write atomically, read without pickle, validate a directory.
+
+One episode is one compressed `.npz` (see rollouts/README.md for the keys). A file
+that exists under its final name is whole: it is written to a temp name and renamed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from worldmodels.errors import UserError
+
+FRAME_SHAPE = (64, 64, 3)
+ACTION_SIZE = 3
+EPISODE_GLOB = "episode_*.npz"
+
+
+@dataclass
+class Episode:
+    obs: np.ndarray  # (T, 64, 64, 3) uint8
+    action: np.ndarray  # (T, 3) float32
+    reward: np.ndarray  # (T,) float32
+    done: np.ndarray  # (T,) bool
+    seed: int
+    policy: str
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+
+class BadEpisodeError(UserError):
+    """An episode file that is corrupt, truncated or malformed."""
+
+
+def episode_path(directory: Path, seed: int) -> Path:
+    return Path(directory) / f"episode_{seed:08d}.npz"
+
+
+def write_episode(path: Path, episode: Episode) -> None:
+    """Write `episode` to `path` atomically: temp file in the same directory, then rename."""
+    check_episode(episode, path)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(
+                f, obs=episode.obs, action=episode.action, reward=episode.reward,
+                done=episode.done, seed=np.int64(episode.seed), policy=np.str_(episode.policy),
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_episode(path: Path) -> Episode:
+    """Read and check one episode file; raises BadEpisodeError naming the file and the fault."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"obs", "action", "reward", "done", "seed", "policy"} - set(data.files)
+            if missing:
+                raise BadEpisodeError(f"{path}: missing keys {sorted(missing)}")
+            episode = Episode(
+                obs=data["obs"], action=data["action"], reward=data["reward"],
+                done=data["done"], seed=int(data["seed"]), policy=str(data["policy"]),
+            )
+    except BadEpisodeError:
+        raise
+    except FileNotFoundError:
+        raise BadEpisodeError(f"{path}: no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
+        reason = f"{type(err).__name__}: {err}"
+        raise BadEpisodeError(f"{path}: corrupt or truncated ({reason})") from None
+    check_episode(episode, path)
+    return episode
+
+
+def check_episode(episode: Episode, path: Path | str) -> None:
+    """Raise BadEpisodeError if shapes or dtypes are not those of an episode."""
+    t = len(episode.action)
+    expected = {
+        "obs": ((t, *FRAME_SHAPE), np.uint8),
+        "action": ((t, ACTION_SIZE), np.float32),
+        "reward": ((t,), np.float32),
+        "done": ((t,), np.bool_),
+    }
+    if t == 0:
+        raise BadEpisodeError(f"{path}: empty episode (0 steps)")
+    for key, (shape, dtype) in expected.items():
+        array = getattr(episode, key)
+        if array.shape != shape or array.dtype != dtype:
+            raise BadEpisodeError(
+                f"{path}: {key} has shape {array.shape} {array.dtype}, expected {shape} "
+                f"{np.dtype(dtype).name}"
+            )
+
+
+def list_episodes(directory: Path) -> list[Path]:
+    """Episode files in `directory`, sorted by name; a clear error if it is not a directory."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such data directory")
+    return sorted(directory.glob(EPISODE_GLOB))
+
+
+def validate_dir(directory: Path) -> tuple[list[Path], list[str]]:
+    """Check every episode file: (good paths, one problem line per bad file)."""
+    good, problems = [], []
+    for path in list_episodes(directory):
+        try:
+            read_episode(path)
+            good.append(path)
+        except BadEpisodeError as err:
+            problems.append(str(err))
+    return good, problems
+
+
+def iter_episodes(paths: list[Path]) -> Iterator[tuple[Path, Episode]]:
+    """Read episodes one at a time, skipping bad files with a warning that names them."""
+    for path in paths:
+        try:
+            yield path, read_episode(path)
+        except BadEpisodeError as err:
+            warnings.warn(f"skipping {err}", stacklevel=2)
+
+
+def split_holdout(paths: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
+    """Deterministic split by episode: the last `fraction` of files (at least one when there
+    are two or more) are held out, so no frame of a held-out episode is trained on."""
+    if len(paths) < 2 or fraction <= 0:
+        return list(paths), []
+    n_hold = max(1, round(len(paths) * fraction))
+    return list(paths[:-n_hold]), list(paths[-n_hold:])

@@ -1,0 +1,67 @@
+"""Where things live in a run directory. Every stage reads what the stage before wrote here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from worldmodels.config import PipelineConfig, from_dict, load_json, save_json
+from worldmodels.errors import UserError
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def vae(self) -> Path:
+        return self.root / "vae.pt"
+
+    @property
+    def latents(self) -> Path:
+        return self.root / "latents"
+
+    @property
+    def mdnrnn(self) -> Path:
+        return self.root / "mdnrnn.pt"
+
+    @property
+    def es_state(self) -> Path:
+        return self.root / "es.pickle"
+
+    @property
+    def controller(self) -> Path:
+        """Best parameters found so far (float32 .npy)."""
+        return self.root / "controller.npy"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def videos(self) -> Path:
+        return self.root / "videos"
+
+    def require(self, path: Path, made_by: str) -> Path:
+        """`path`, or a one-line error saying which command makes it."""
+        if not path.exists():
+            raise UserError(f"{path}: missing; run `worldmodels {made_by}` first")
+        return path
+
+
+def load_run_config(paths: RunPaths, default: PipelineConfig | None = None) -> PipelineConfig:
+    """The run's saved config; if there is none yet, `default` (saved) or the `small` preset."""
+    if paths.config.exists():
+        return from_dict(PipelineConfig, load_json(paths.config))
+    config = default or PipelineConfig()
+    paths.root.mkdir(parents=True, exist_ok=True)
+    save_json(config, paths.config)
+    return config
