@@ -52,6 +52,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path)
     p.set_defaults(handler="worldmodels.data.collect:cli_validate")
 
+    p = sub.add_parser("handwriting", help="Graves-style handwriting on the same MDN core")
+    hw = p.add_subparsers(dest="handwriting_command", required=True, metavar="ACTION")
+    p = hw.add_parser("train", help="train the stroke model (resumable)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="stroke .npz, IAM lineStrokes .xml or a directory of them "
+                        "(default: the bundled Omniglot strokes)")
+    p.add_argument("--run", type=Path, required=True, help="run directory")
+    p.add_argument("--epochs", type=_positive, default=10)
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --run")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow sketch-rnn .npz object arrays (unpickles: trusted files only)")
+    p.add_argument("--hidden-size", type=_positive, default=256)
+    p.add_argument("--layers", type=_positive, default=2)
+    p.add_argument("--components", type=_positive, default=20)
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--learning-rate", type=_positive_float, default=1e-3)
+    p.add_argument("--train-drawings", type=_non_negative, default=0,
+                   help="train on a seeded subset of this many drawings (0: all)")
+    p.add_argument("--seed", type=_non_negative, default=0)
+    p.set_defaults(handler="worldmodels.handwriting.train:cli_train")
+    p = hw.add_parser("sample", help="draw samples beside real validation drawings")
+    p.add_argument("--run", type=Path, required=True, help="run directory with handwriting.pt")
+    p.add_argument("--out", type=Path, required=True, help="output .svg or .png")
+    p.add_argument("--n", type=_positive, default=16, help="samples per bias value")
+    p.add_argument("--bias", type=float, nargs="+", default=[0.0],
+                   help="one panel per value (Graves' sampling bias, >= 0)")
+    p.add_argument("--temperature", type=_positive_float, default=1.0)
+    p.add_argument("--points", type=_non_negative, default=0,
+                   help="points per sample (0: the median training drawing length)")
+    p.add_argument("--seed", type=_non_negative, default=0)
+    p.set_defaults(handler="worldmodels.handwriting.draw:cli_sample")
+
     return parser
 
 
