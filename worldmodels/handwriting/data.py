@@ -86,9 +86,8 @@ def _flat_split(archive, path: Path, split: str) -> list[np.ndarray]:
             or offsets[-1] != len(strokes) or np.any(np.diff(offsets) < 0)):
         raise UserError(f"{path}: {split}_offsets do not index {split}_strokes "
                         f"(need 0 .. {len(strokes)}, non-decreasing)")
-    data = strokes.astype(np.float32)
-    drawings = [data[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True) if b > a]
-    return [_checked(d, path, f"{split}[{i}]") for i, d in enumerate(drawings)]
+    data = _checked(strokes.astype(np.float32), path, f"{split}_strokes")  # checked at once
+    return [d for d in np.split(data, offsets[1:-1]) if len(d)]
 
 
 def load_sketch_rnn(path: Path) -> Splits:
