@@ -56,3 +56,16 @@ class FakeCarRacing(gym.Env):
 @pytest.fixture
 def fake_env() -> FakeCarRacing:
     return FakeCarRacing()
+
+
+@pytest.fixture(scope="session")
+def real_rollouts(tmp_path_factory):
+    """A directory with 3 tiny REAL CarRacing episodes (seeds 0, 1, 2; 60 steps; brownian),
+    collected in-process. Shared by every test that needs real data; do not modify it."""
+    from worldmodels.config import CollectConfig
+    from worldmodels.data.collect import collect
+
+    out = tmp_path_factory.mktemp("real_rollouts")
+    config = CollectConfig(episodes=3, max_steps=60, policy="brownian", seed=0, workers=0)
+    collect(out, config, progress=False)
+    return out

@@ -6,6 +6,7 @@ that exists under its final name is whole: it is written to a temp name and rena
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import warnings
@@ -21,6 +22,7 @@ from worldmodels.errors import UserError
 FRAME_SHAPE = (64, 64, 3)
 ACTION_SIZE = 3
 EPISODE_GLOB = "episode_*.npz"
+TMP_PREFIX = ".tmp_"  # temp files of unfinished writes; never matched by EPISODE_GLOB
 
 
 @dataclass
@@ -44,17 +46,31 @@ def episode_path(directory: Path, seed: int) -> Path:
     return Path(directory) / f"episode_{seed:08d}.npz"
 
 
+def encode_episode(episode: Episode) -> bytes:
+    """The compressed `.npz` bytes of `episode` (workers compress; the driver only writes)."""
+    check_episode(episode, f"episode {episode.seed}")
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer, obs=episode.obs, action=episode.action, reward=episode.reward,
+        done=episode.done, seed=np.int64(episode.seed), policy=np.str_(episode.policy),
+    )
+    return buffer.getvalue()
+
+
 def write_episode(path: Path, episode: Episode) -> None:
     """Write `episode` to `path` atomically: temp file in the same directory, then rename."""
     check_episode(episode, path)
+    write_bytes_atomic(path, encode_episode(episode))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file next to `path`, sync it, then rename it to `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".npz")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(
-                f, obs=episode.obs, action=episode.action, reward=episode.reward,
-                done=episode.done, seed=np.int64(episode.seed), policy=np.str_(episode.policy),
-            )
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; data files are for everyone
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

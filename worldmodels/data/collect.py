@@ -1,0 +1,186 @@
+"""Collect CarRacing episodes in-process or on Ray workers, one atomic `.npz` per episode.
+
+Episode i of a collection uses seed `seed + i` for the track and for the policy, and is
+stored as `episode_<seed>.npz`. A rerun into the same directory fills in the missing seeds
+only; files already there are never rewritten. Ray workers return each episode already
+compressed, so compression runs in parallel and the driver (which may be on another machine
+than the workers) only writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from worldmodels.config import CollectConfig
+from worldmodels.data.policies import POLICIES, make_policy
+from worldmodels.data.rollouts import (
+    TMP_PREFIX,
+    Episode,
+    encode_episode,
+    episode_path,
+    validate_dir,
+    write_bytes_atomic,
+    write_episode,
+)
+from worldmodels.errors import UserError
+
+TASKS_PER_WORKER = 2  # one running, one queued: a worker never waits for the driver
+
+
+def run_episode(env, policy_name: str, seed: int) -> Episode:
+    """Drive `env` (a make_env() env) with the seeded policy until it ends; `obs[t]` is the
+    frame the action `action[t]` was chosen on."""
+    policy = make_policy(policy_name, seed)
+    obs, _ = env.reset(seed=seed)
+    frames, actions, rewards = [], [], []
+    done = False
+    while not done:
+        action = policy(obs)
+        frames.append(obs)
+        actions.append(action)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        rewards.append(reward)
+        done = terminated or truncated
+    dones = np.zeros(len(actions), bool)
+    dones[-1] = True
+    return Episode(
+        obs=np.stack(frames), action=np.stack(actions).astype(np.float32),
+        reward=np.asarray(rewards, np.float32), done=dones, seed=seed, policy=policy_name,
+    )
+
+
+class EpisodeWorker:
+    """Holds one env for its lifetime; returns each episode as compressed npz bytes."""
+
+    def __init__(self, max_steps: int, policy: str):
+        from worldmodels.env.carracing import make_env
+
+        self.env = make_env(max_steps=max_steps)
+        self.policy = policy
+
+    def run(self, seed: int) -> tuple[int, bytes, int]:
+        episode = run_episode(self.env, self.policy, seed)
+        return seed, encode_episode(episode), len(episode)
+
+
+def prepare_out_dir(out: Path) -> None:
+    """Create `out` if needed, check it is a writable directory, drop stale temp files."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot create directory ({err.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: directory is not writable")
+    # Left by a run that was killed mid-write; the episode they belonged to is redone.
+    for stale in out.glob(f"{TMP_PREFIX}*"):
+        stale.unlink(missing_ok=True)
+
+
+def collect(
+    out: Path, config: CollectConfig, address: str | None = None, progress: bool = True
+) -> list[Path]:
+    """Collect the episodes of `config` into `out`; returns the paths of all its seeds."""
+    out = Path(out)
+    if config.policy not in POLICIES:
+        raise UserError(f"unknown policy {config.policy!r}; choose one of {', '.join(POLICIES)}")
+    if config.episodes < 0 or config.max_steps <= 0 or config.workers < 0 or config.seed < 0:
+        raise UserError(f"bad collect config {config}")
+    prepare_out_dir(out)
+    seeds = [config.seed + i for i in range(config.episodes)]
+    paths = [episode_path(out, seed) for seed in seeds]
+    missing = [seed for seed in seeds if not episode_path(out, seed).exists()]
+    if not missing:
+        return paths
+    bar = tqdm(total=len(missing), unit="ep", desc="collect", disable=not progress)
+    try:
+        if config.workers == 0:
+            _collect_serial(out, config, missing, bar)
+        else:
+            _collect_ray(out, config, missing, bar, address)
+    finally:
+        bar.close()
+    return paths
+
+
+def _update_bar(bar: tqdm, frames: int, start: float) -> None:
+    bar.update(1)
+    bar.set_postfix(frames_per_s=f"{frames / max(time.perf_counter() - start, 1e-9):.0f}")
+
+
+def _collect_serial(out: Path, config: CollectConfig, seeds: list[int], bar: tqdm) -> None:
+    from worldmodels.env.carracing import make_env
+
+    env = make_env(max_steps=config.max_steps)
+    start, frames = time.perf_counter(), 0
+    try:
+        for seed in seeds:
+            episode = run_episode(env, config.policy, seed)
+            write_episode(episode_path(out, seed), episode)
+            frames += len(episode)
+            _update_bar(bar, frames, start)
+    finally:
+        env.close()
+
+
+def _collect_ray(
+    out: Path, config: CollectConfig, seeds: list[int], bar: tqdm, address: str | None
+) -> None:
+    import ray
+
+    from worldmodels.ray_session import ensure_ray
+
+    ensure_ray(address, config.workers)
+    n_workers = min(config.workers, len(seeds))
+    actor_cls = ray.remote(num_cpus=1)(EpisodeWorker)
+    actors = [actor_cls.remote(config.max_steps, config.policy) for _ in range(n_workers)]
+    todo = deque(seeds)
+    pending: dict = {}  # object ref -> the actor running it
+
+    def submit(actor) -> None:
+        if todo:
+            pending[actor.run.remote(todo.popleft())] = actor
+
+    start, frames = time.perf_counter(), 0
+    try:
+        for actor in actors:
+            for _ in range(TASKS_PER_WORKER):
+                submit(actor)
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            actor = pending.pop(ref)
+            seed, data, steps = ray.get(ref)
+            submit(actor)
+            write_bytes_atomic(episode_path(out, seed), data)
+            frames += steps
+            _update_bar(bar, frames, start)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def cli_collect(args: argparse.Namespace) -> int:
+    config = CollectConfig(
+        episodes=args.episodes, max_steps=args.max_steps, policy=args.policy,
+        seed=args.seed, workers=args.workers,
+    )
+    paths = collect(args.out, config, address=args.address)
+    print(f"{len(paths)} episodes in {args.out}")
+    return 0
+
+
+def cli_validate(args: argparse.Namespace) -> int:
+    good, problems = validate_dir(args.data)
+    for problem in problems:
+        print(problem)
+    print(f"{args.data}: {len(good)} good, {len(problems)} bad episode files")
+    return 1 if problems else 0

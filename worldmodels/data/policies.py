@@ -1,0 +1,53 @@
+"""Data policies that drive CarRacing while episodes are collected; seeded, so the same
+seed gives the same actions (and, with the same env seed, the same episode)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+ACTION_LOW = np.array([-1.0, 0.0, 0.0], np.float32)  # steer, gas, brake
+ACTION_HIGH = np.array([1.0, 1.0, 1.0], np.float32)
+BROWNIAN_STEP = float(np.sqrt(1.0 / 50))  # std of one step: a Wiener process at CarRacing's 50 fps
+
+Policy = Callable[[np.ndarray], np.ndarray]
+
+
+class RandomPolicy:
+    """Each action drawn uniformly from the action space, independently of the last."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.rng.uniform(ACTION_LOW, ACTION_HIGH).astype(np.float32)
+
+
+class BrownianPolicy:
+    """Smoothly varying actions: a random walk from a uniform start, clipped to the bounds.
+
+    Uniform random actions make the car jitter in place; a walk holds a steer and a
+    throttle long enough to drive somewhere, so the data shows turns, speed and grass.
+    """
+
+    def __init__(self, seed: int, step: float = BROWNIAN_STEP):
+        self.rng = np.random.default_rng(seed)
+        self.step = step
+        self.action = self.rng.uniform(ACTION_LOW, ACTION_HIGH)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        current = self.action.astype(np.float32)
+        walk = self.rng.normal(0.0, self.step, size=3)
+        self.action = np.clip(self.action + walk, ACTION_LOW, ACTION_HIGH)
+        return current
+
+
+POLICIES: dict[str, type] = {"random": RandomPolicy, "brownian": BrownianPolicy}
+
+
+def make_policy(name: str, seed: int) -> Policy:
+    """`name` in POLICIES -> callable(obs) -> float32 action (steer, gas, brake)."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+    return POLICIES[name](seed)
