@@ -1,8 +1,9 @@
 """Train the handwriting model: epochs over padded batches, a checkpoint per epoch, resumable.
 
 A run directory holds `handwriting.pt` + `handwriting.json` (the model config, including the
-offset scale) and logs (`logs/handwriting.csv`, TensorBoard). `--resume` continues from the
-last finished epoch with the optimizer state and the run's own config.
+offset scale) and logs (`logs/handwriting.csv` per epoch, `logs/handwriting_steps.csv`,
+TensorBoard). `--resume` continues from the last finished epoch with the optimizer state and
+the run's own config.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def evaluate(model: HandwritingModel, drawings: list[np.ndarray], batch_size: in
     model.eval()
     total, points = 0.0, 0
     with torch.no_grad():
-        for batch in iter_batches(drawings, batch_size):
+        for batch in iter_batches(drawings, max(batch_size, 256)):  # no grads: bigger batches
             total += model.point_nll(batch).sum().item()
             points += batch.points
     return total / points
@@ -106,7 +107,8 @@ def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False
     if payload:
         optimizer.load_state_dict(payload["optimizer"])
     start_epoch, step = int(payload.get("epoch", 0)), int(payload.get("step", 0))
-    logger = RunLogger(run / "logs", KIND)
+    # Two CSVs, because a CSV keeps one set of columns: per-epoch summaries and per-step loss.
+    logger, step_logger = RunLogger(run / "logs", KIND), RunLogger(run / "logs", f"{KIND}_steps")
     result = {"train_nll": float(payload.get("train_nll", float("nan"))),
               "valid_nll": float(payload.get("valid_nll", float("nan")))}
     try:
@@ -129,7 +131,7 @@ def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False
                 points += batch.points
                 bar.set_postfix(nll=f"{loss.item():.3f}")
                 if step % 50 == 0:
-                    logger.log(step, train_nll=loss.item())
+                    step_logger.log(step, train_nll=loss.item())
             result = {"train_nll": total / points,
                       "valid_nll": evaluate(model, valid_set, config.batch_size)}
             logger.log(step, epoch=epoch + 1, epoch_seconds=time.perf_counter() - t0, **result)
@@ -142,6 +144,7 @@ def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False
                            f"valid {result['valid_nll']:.4f} nats/point")
     finally:
         logger.close()
+        step_logger.close()
     return result
 
 
