@@ -44,7 +44,7 @@ class HandwritingConfig:
     typical_points: int = 32
     """Median points per training drawing: the default length of a sample."""
     data: str = ""
-    """Where the training data came from (for the record)."""
+    """The training data (absolute path; "" means the bundled Omniglot strokes)."""
 
     @property
     def scale(self) -> tuple[float, float]:

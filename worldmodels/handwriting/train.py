@@ -83,7 +83,7 @@ def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False
         model, payload = load_checkpoint(ckpt)
         epochs = config.epochs
         config = model.config  # the run's own config wins; only the epoch count may change
-        config.epochs, data = epochs, Path(config.data)
+        config.epochs, data = epochs, Path(config.data) if config.data else DEFAULT_DATA
     elif ckpt.exists():
         raise UserError(f"{ckpt} exists; pass --resume to continue it or choose another --run")
 
@@ -96,7 +96,8 @@ def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False
     if not payload:
         config.scale_x, config.scale_y = offset_scale(train_set)
         config.typical_points = int(np.median([len(d) for d in train_set]))
-        config.data = str(Path(data).resolve())
+        bundled = Path(data).resolve() == DEFAULT_DATA.resolve()
+        config.data = "" if bundled else str(Path(data).resolve())
         torch.manual_seed(config.seed)
         model = HandwritingModel(config)
     train_set = [normalise(d, config.scale, config.clip) for d in train_set]
