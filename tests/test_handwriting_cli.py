@@ -87,7 +87,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
                     MDNRNNConfig(hidden_size=8))
     assert main(["handwriting", "sample", "--run", str(other), "--out",
                  str(tmp_path / "x.png")]) == 2
-    assert "HandwritingConfig" in _one_error_line(capsys)
+    line = _one_error_line(capsys)
+    assert "not a handwriting checkpoint" in line and "HandwritingConfig" in line
 
     assert main(["handwriting", "sample", "--run", str(tmp_path / "none"), "--out",
                  str(tmp_path / "x.png")]) == 2

@@ -56,7 +56,10 @@ def load_checkpoint(path: Path) -> tuple[HandwritingModel, dict]:
     if not path.exists():
         raise UserError(f"{path}: no handwriting checkpoint (train one with "
                         "`worldmodels handwriting train`)")
-    model, payload = checkpoint.load_model(path, HandwritingModel, HandwritingConfig)
+    try:
+        model, payload = checkpoint.load_model(path, HandwritingModel, HandwritingConfig)
+    except UserError as err:
+        raise UserError(f"{path}: not a handwriting checkpoint ({err})") from None
     if payload.get("kind") != KIND:
         raise UserError(f"{path}: not a handwriting checkpoint (kind {payload.get('kind')!r})")
     return model, payload
