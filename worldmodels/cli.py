@@ -84,6 +84,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_non_negative, default=0)
     p.set_defaults(handler="worldmodels.handwriting.draw:cli_sample")
 
+    p = sub.add_parser("train-vae", help="train V (the ConvVAE) on episode files")
+    p.add_argument("--data", type=Path, required=True, help="directory of episode files")
+    p.add_argument("--run", type=Path, required=True, help="run directory")
+    p.add_argument("--epochs", type=_positive, default=None, help="default: the run's config")
+    p.add_argument("--batch-size", type=_positive, default=None)
+    p.add_argument("--resume", action="store_true", help="continue the V checkpoint in --run")
+    p.set_defaults(handler="worldmodels.train.vae:cli_train_vae")
+
+    p = sub.add_parser("encode", help="encode every episode with V (mu, logvar) for M")
+    p.add_argument("--run", type=Path, required=True, help="run directory with vae.pt")
+    p.add_argument("--data", type=Path, default=None,
+                   help="directory of episode files (default: the one V was trained on)")
+    p.set_defaults(handler="worldmodels.train.encode:cli_encode")
+
+    p = sub.add_parser("train-mdnrnn", help="train M (the MDN-RNN) on the encoded episodes")
+    p.add_argument("--run", type=Path, required=True, help="run directory with latents/")
+    p.add_argument("--epochs", type=_positive, default=None, help="default: the run's config")
+    p.add_argument("--seq-len", type=_positive, default=None)
+    p.add_argument("--batch-size", type=_positive, default=None)
+    p.add_argument("--resume", action="store_true", help="continue the M checkpoint in --run")
+    p.set_defaults(handler="worldmodels.train.mdnrnn:cli_train_mdnrnn")
+
     return parser
 
 

@@ -1,0 +1,166 @@
+"""Encoded episodes for M: one `.npz` per episode in RUN/latents/, and a sequence sampler.
+
+| key | shape | dtype |
+|---|---|---|
+| `mu`, `logvar` | (T, Z) | float16 (V's posterior for each frame) |
+| `action` | (T, 3) | float32 |
+| `reward` | (T,) | float32 |
+| `done` | (T,) | bool |
+
+Files are written atomically (temp name, then rename) and read with allow_pickle=False.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from worldmodels.data.rollouts import ACTION_SIZE, EPISODE_GLOB, write_bytes_atomic
+from worldmodels.errors import UserError
+
+
+@dataclass
+class Latents:
+    mu: np.ndarray  # (T, Z) float16
+    logvar: np.ndarray  # (T, Z) float16
+    action: np.ndarray  # (T, 3) float32
+    reward: np.ndarray  # (T,) float32
+    done: np.ndarray  # (T,) bool
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+
+class BadLatentsError(UserError):
+    """A latents file that is corrupt or malformed."""
+
+
+def check_latents(latents: Latents, where: Path | str) -> None:
+    t = len(latents.action)
+    z = latents.mu.shape[-1] if latents.mu.ndim == 2 else -1
+    expected = {
+        "mu": ((t, z), np.float16), "logvar": ((t, z), np.float16),
+        "action": ((t, ACTION_SIZE), np.float32), "reward": ((t,), np.float32),
+        "done": ((t,), np.bool_),
+    }
+    if t == 0:
+        raise BadLatentsError(f"{where}: empty episode (0 steps)")
+    for key, (shape, dtype) in expected.items():
+        array = getattr(latents, key)
+        if array.shape != shape or array.dtype != dtype:
+            raise BadLatentsError(f"{where}: {key} has shape {array.shape} {array.dtype}, "
+                                  f"expected {shape} {np.dtype(dtype).name}")
+
+
+def write_latents(path: Path, latents: Latents) -> None:
+    check_latents(latents, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, mu=latents.mu, logvar=latents.logvar, action=latents.action,
+             reward=latents.reward, done=latents.done)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def read_latents(path: Path) -> Latents:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"mu", "logvar", "action", "reward", "done"} - set(data.files)
+            if missing:
+                raise BadLatentsError(f"{path}: missing keys {sorted(missing)}")
+            latents = Latents(data["mu"], data["logvar"], data["action"], data["reward"],
+                              data["done"])
+    except BadLatentsError:
+        raise
+    except FileNotFoundError:
+        raise BadLatentsError(f"{path}: no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
+        raise BadLatentsError(f"{path}: corrupt or truncated ({type(err).__name__})") from None
+    check_latents(latents, path)
+    return latents
+
+
+def list_latents(directory: Path) -> list[Path]:
+    return sorted(Path(directory).glob(EPISODE_GLOB))
+
+
+@dataclass
+class SequenceBatch:
+    """Windows of L steps from B episodes (numpy; the trainer makes tensors).
+
+    Step t of a window is the input (z_t, a_t); the targets are z_{t+1} (where
+    `z_mask`), reward_t and done_t (where `mask`: inside the episode)."""
+
+    mu: np.ndarray  # (B, L + 1, Z) float32: steps t and t+1 for the z target
+    logvar: np.ndarray  # (B, L + 1, Z) float32
+    action: np.ndarray  # (B, L, 3)
+    reward: np.ndarray  # (B, L)
+    done: np.ndarray  # (B, L) float32
+    mask: np.ndarray  # (B, L) bool: step t is inside the episode
+    z_mask: np.ndarray  # (B, L) bool: step t+1 is inside the episode too
+
+
+class SequenceSampler:
+    """All episodes concatenated in memory (M's data is small), cut into windows of `seq_len`.
+
+    An epoch covers every step of every episode: each episode of T steps gives ceil(T / L)
+    windows at a random phase, the last one padded past the end (masked), so the final step,
+    where `done` is set, is always trained on."""
+
+    def __init__(self, episodes: list[Latents], seq_len: int):
+        if not episodes:
+            raise UserError("no encoded episodes to sample sequences from")
+        self.seq_len = seq_len
+        self.lengths = np.array([len(e) for e in episodes])
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        cat = np.concatenate
+        self.mu = cat([e.mu for e in episodes]).astype(np.float32)
+        self.logvar = cat([e.logvar for e in episodes]).astype(np.float32)
+        self.action = cat([e.action for e in episodes])
+        self.reward = cat([e.reward for e in episodes])
+        self.done = cat([e.done for e in episodes]).astype(np.float32)
+
+    @property
+    def steps(self) -> int:
+        return int(self.lengths.sum())
+
+    def windows(self, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        """(episode index, start step within the episode) of every window of one epoch;
+        rng None: phase 0 and file order (deterministic, for evaluation)."""
+        L = self.seq_len
+        n = -(-self.lengths // L)  # ceil
+        slack = n * L - self.lengths  # steps by which n windows overhang the episode
+        phase = np.zeros_like(slack) if rng is None else rng.integers(0, slack + 1)
+        episode = np.repeat(np.arange(len(n)), n)
+        k = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+        start = np.maximum(k * L - np.repeat(phase, n), 0)
+        if rng is not None:
+            order = rng.permutation(len(episode))
+            episode, start = episode[order], start[order]
+        return episode, start
+
+    def batch(self, episode: np.ndarray, start: np.ndarray) -> SequenceBatch:
+        L = self.seq_len
+        t = start[:, None] + np.arange(L + 1)  # (B, L + 1) step within episode
+        length = self.lengths[episode][:, None]
+        inside = t < length
+        flat = self.starts[episode][:, None] + np.minimum(t, length - 1)  # clipped
+        return SequenceBatch(
+            mu=self.mu[flat], logvar=self.logvar[flat],
+            action=self.action[flat[:, :L]], reward=self.reward[flat[:, :L]],
+            done=self.done[flat[:, :L]], mask=inside[:, :L], z_mask=inside[:, 1:],
+        )
+
+    def epoch(self, batch_size: int, rng: np.random.Generator | None) -> Iterator[SequenceBatch]:
+        episode, start = self.windows(rng)
+        for i in range(0, len(episode), batch_size):
+            yield self.batch(episode[i:i + batch_size], start[i:i + batch_size])
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        windows = int((-(-self.lengths // self.seq_len)).sum())
+        return -(-windows // batch_size)
