@@ -101,12 +101,16 @@ def collect(
     missing = [seed for seed in seeds if not episode_path(out, seed).exists()]
     if not missing:
         return paths
+    if config.workers > 0:
+        from worldmodels.ray_session import ensure_ray
+
+        ensure_ray(address, config.workers)  # before the bar: a bad address is one clean line
     bar = tqdm(total=len(missing), unit="ep", desc="collect", disable=not progress)
     try:
         if config.workers == 0:
             _collect_serial(out, config, missing, bar)
         else:
-            _collect_ray(out, config, missing, bar, address)
+            _collect_ray(out, config, missing, bar)
     finally:
         bar.close()
     return paths
@@ -132,14 +136,9 @@ def _collect_serial(out: Path, config: CollectConfig, seeds: list[int], bar: tqd
         env.close()
 
 
-def _collect_ray(
-    out: Path, config: CollectConfig, seeds: list[int], bar: tqdm, address: str | None
-) -> None:
+def _collect_ray(out: Path, config: CollectConfig, seeds: list[int], bar: tqdm) -> None:
     import ray
 
-    from worldmodels.ray_session import ensure_ray
-
-    ensure_ray(address, config.workers)
     n_workers = min(config.workers, len(seeds))
     actor_cls = ray.remote(num_cpus=1)(EpisodeWorker)
     actors = [actor_cls.remote(config.max_steps, config.policy) for _ in range(n_workers)]

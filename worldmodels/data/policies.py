@@ -29,18 +29,23 @@ class BrownianPolicy:
 
     Uniform random actions make the car jitter in place; a walk holds a steer and a
     throttle long enough to drive somewhere, so the data shows turns, speed and grass.
+    The brake walks in [-1, 1] and is applied as max(brake, 0): off about half the time,
+    so the car moves (about twice the mean speed of a brake walking in [0, 1]).
     """
+
+    WALK_LOW = np.array([-1.0, 0.0, -1.0])
+    WALK_HIGH = np.array([1.0, 1.0, 1.0])
 
     def __init__(self, seed: int, step: float = BROWNIAN_STEP):
         self.rng = np.random.default_rng(seed)
         self.step = step
-        self.action = self.rng.uniform(ACTION_LOW, ACTION_HIGH)
+        self.walk = self.rng.uniform(self.WALK_LOW, self.WALK_HIGH)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        current = self.action.astype(np.float32)
-        walk = self.rng.normal(0.0, self.step, size=3)
-        self.action = np.clip(self.action + walk, ACTION_LOW, ACTION_HIGH)
-        return current
+        action = np.clip(self.walk, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+        step = self.rng.normal(0.0, self.step, size=3)
+        self.walk = np.clip(self.walk + step, self.WALK_LOW, self.WALK_HIGH)
+        return action
 
 
 POLICIES: dict[str, type] = {"random": RandomPolicy, "brownian": BrownianPolicy}
