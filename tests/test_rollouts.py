@@ -1,0 +1,111 @@
+"""Episode files on real CarRacing data: round trip, and bad files found by `validate` and
+skipped by the reader."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from worldmodels.cli import main
+from worldmodels.data.rollouts import (
+    BadEpisodeError,
+    Episode,
+    encode_episode,
+    iter_episodes,
+    list_episodes,
+    read_episode,
+    validate_dir,
+    write_bytes_atomic,
+    write_episode,
+)
+
+
+@pytest.fixture
+def data_dir(real_rollouts, tmp_path):
+    """A private copy of the shared real episodes, free to damage."""
+    out = tmp_path / "data"
+    shutil.copytree(real_rollouts, out)
+    return out
+
+
+def test_round_trip_keeps_every_field(data_dir, tmp_path):
+    episode = read_episode(data_dir / "episode_00000001.npz")
+    path = tmp_path / "copy.npz"
+    write_episode(path, episode)
+    again = read_episode(path)
+    for key in ("obs", "action", "reward", "done"):
+        np.testing.assert_array_equal(getattr(again, key), getattr(episode, key))
+        assert getattr(again, key).dtype == getattr(episode, key).dtype
+    assert (again.seed, again.policy) == (1, "brownian")
+    # The bytes a worker sends are the same file the driver would have written itself.
+    write_bytes_atomic(tmp_path / "from_bytes.npz", encode_episode(episode))
+    assert (tmp_path / "from_bytes.npz").read_bytes() == path.read_bytes()
+    assert not list(tmp_path.glob(".tmp_*"))
+
+
+def test_validate_and_reader_handle_corrupt_truncated_and_malformed_files(data_dir, capsys):
+    good_path, truncated, corrupt = sorted(data_dir.glob("episode_*.npz"))
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    corrupt.write_bytes(b"this is not a zip file" * 100)
+    malformed = data_dir / "episode_00000099.npz"
+    episode = read_episode(good_path)
+    np.savez_compressed(  # float frames, as a buggy writer might leave them
+        malformed, obs=episode.obs.astype(np.float32), action=episode.action,
+        reward=episode.reward, done=episode.done, seed=np.int64(99), policy=np.str_("random"),
+    )
+    (data_dir / ".tmp_abc.npz").write_bytes(b"partial")  # unfinished write: not an episode
+
+    good, problems = validate_dir(data_dir)
+    assert good == [good_path]
+    assert len(problems) == 3
+    for bad in (truncated, corrupt, malformed):
+        assert sum(str(bad) in line for line in problems) == 1
+    assert all("\n" not in line for line in problems)
+    assert any("obs has shape" in line and "uint8" in line for line in problems)
+
+    assert main(["validate", str(data_dir)]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 4 and out[-1].endswith("1 good, 3 bad episode files")
+    assert {line for line in out[:3]} == set(problems)
+
+    with pytest.warns(UserWarning) as caught:
+        read = [path for path, _ in iter_episodes(list_episodes(data_dir))]
+    assert read == [good_path]
+    warned = " ".join(str(w.message) for w in caught)
+    assert all(str(bad) in warned for bad in (truncated, corrupt, malformed))
+
+
+def test_validate_clean_dir_exits_zero_and_missing_dir_is_one_line(data_dir, tmp_path, capsys):
+    assert main(["validate", str(data_dir)]) == 0
+    assert capsys.readouterr().out.strip().endswith("3 good, 0 bad episode files")
+    assert main(["validate", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope" in err
+
+
+def test_missing_keys_and_empty_episodes_are_rejected(tmp_path):
+    path = tmp_path / "episode_00000000.npz"
+    np.savez_compressed(path, obs=np.zeros((2, 64, 64, 3), np.uint8))
+    with pytest.raises(BadEpisodeError, match="missing keys"):
+        read_episode(path)
+    empty = Episode(
+        obs=np.zeros((0, 64, 64, 3), np.uint8), action=np.zeros((0, 3), np.float32),
+        reward=np.zeros(0, np.float32), done=np.zeros(0, bool), seed=0, policy="random",
+    )
+    with pytest.raises(BadEpisodeError, match="empty"):
+        write_episode(tmp_path / "empty.npz", empty)
+    assert not (tmp_path / "empty.npz").exists()
+
+
+def test_pickled_arrays_are_refused(tmp_path):
+    path = tmp_path / "episode_00000000.npz"
+    np.savez_compressed(  # an object array can only be loaded by unpickling it
+        path, obs=np.array([{"a": 1}], dtype=object), action=np.zeros((1, 3), np.float32),
+        reward=np.zeros(1, np.float32), done=np.ones(1, bool), seed=np.int64(0),
+        policy=np.str_("random"),
+    )
+    with pytest.raises(BadEpisodeError, match="corrupt"):
+        read_episode(path)
