@@ -17,15 +17,19 @@ class RunLogger:
         self.writer = SummaryWriter(log_dir=str(log_dir / "tensorboard" / stage))
 
     def log(self, step: int, **scalars: float) -> None:
-        """One row: step plus scalars. A resumed stage appends; a new column starts a new header."""
+        """One row: step plus scalars. A resumed stage appends; a row with new columns
+        rewrites the CSV once with the union of the columns, so every row stays aligned."""
         for name, value in scalars.items():
             self.writer.add_scalar(f"{self.stage}/{name}", float(value), step)
         self.writer.flush()
         row = {"step": step, **{k: float(v) for k, v in scalars.items()}}
-        new = not self.csv_path.exists()
+        header = _csv_header(self.csv_path)
+        if header is not None and not set(row) <= set(header):
+            _rewrite_with_columns(self.csv_path, header + [k for k in row if k not in header])
+            header = _csv_header(self.csv_path)
         with self.csv_path.open("a", newline="") as f:
-            out = csv.DictWriter(f, fieldnames=list(row))
-            if new:
+            out = csv.DictWriter(f, fieldnames=header or list(row))
+            if header is None:
                 out.writeheader()
             out.writerow(row)
 
@@ -34,5 +38,25 @@ class RunLogger:
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
-    with Path(path).open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    """Rows as floats; a column a row lacks is NaN."""
+    with Path(path).open(newline="") as f:
+        return [{k: float(v) if v else float("nan") for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    if not path.exists():
+        return None
+    with path.open(newline="") as f:
+        return next(csv.reader(f), None)
+
+
+def _rewrite_with_columns(path: Path, columns: list[str]) -> None:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=columns)
+        out.writeheader()
+        out.writerows(rows)
+    tmp.replace(path)
