@@ -1,0 +1,203 @@
+"""M: the MDN-RNN, the latents format and sequence sampler, train-mdnrnn (resume, refusal,
+bad input), on latents encoded from tiny REAL CarRacing rollouts."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodels import checkpoint
+from worldmodels.cli import main
+from worldmodels.config import MDNRNNConfig, PipelineConfig, VAEConfig, load_json, save_json
+from worldmodels.data.latents import (
+    BadLatentsError,
+    Latents,
+    SequenceSampler,
+    list_latents,
+    read_latents,
+    write_latents,
+)
+from worldmodels.logger import read_csv
+from worldmodels.models.mdnrnn import MDNRNN
+from worldmodels.run import RunPaths
+from worldmodels.train.encode import encode
+from worldmodels.train.mdnrnn import batch_losses, done_pos_weight, total_loss, train_mdnrnn
+from worldmodels.train.vae import train_vae
+
+TINY = MDNRNNConfig(hidden_size=32, gaussians=3, epochs=1, seq_len=16, batch_size=4)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run far faster on one thread than on two contended ones (shared CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def encoded_run(real_rollouts, tmp_path_factory):
+    """A run with a briefly trained V and the real rollouts encoded (copy before changing)."""
+    run = tmp_path_factory.mktemp("mdnrnn_run")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    train_vae(real_rollouts, run, VAEConfig(epochs=1, batch_size=16, max_frames_per_epoch=32),
+              progress=False)
+    encode(run, real_rollouts, progress=False)
+    torch.set_num_threads(before)
+    return run
+
+
+def _copy_run(encoded_run, tmp_path, config: MDNRNNConfig):
+    run = tmp_path / "run"
+    shutil.copytree(encoded_run, run)
+    save_json(PipelineConfig(mdnrnn=config), run / "config.json")
+    return run
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _latents(t: int, seed: int = 0, z: int = 4) -> Latents:
+    rng = np.random.default_rng(seed)
+    done = np.zeros(t, bool)
+    done[-1] = True
+    return Latents(
+        mu=(np.arange(t)[:, None] + 1000 * seed + np.zeros((1, z))).astype(np.float16),
+        logvar=rng.normal(size=(t, z)).astype(np.float16),
+        action=rng.normal(size=(t, 3)).astype(np.float32),
+        reward=rng.normal(size=t).astype(np.float32), done=done)
+
+
+def test_mdnrnn_shapes_and_step_matches_forward():
+    config = MDNRNNConfig(hidden_size=24, gaussians=5)
+    model = MDNRNN(config)
+    z, a = torch.randn(3, 7, 32), torch.randn(3, 7, 3)
+    mixture, reward, done, (h, c) = model(z, a)
+    assert mixture.mu.shape == mixture.logit_pi.shape == (3, 7, 32, 5)
+    assert reward.shape == done.shape == (3, 7) and h.shape == c.shape == (1, 3, 24)
+    state = model.initial_state(3)
+    for t in range(7):
+        state = model.step(z[:, t], a[:, t], state)
+    torch.testing.assert_close(state[0], h[0], rtol=1e-5, atol=1e-5)
+    step_mixture, step_reward, step_done = model.heads(state[0])
+    torch.testing.assert_close(step_mixture.mu, mixture.mu[:, -1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(step_done, done[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_sampler_covers_every_step_with_aligned_targets():
+    episodes = [_latents(37, 0), _latents(5, 1), _latents(16, 2)]
+    sampler = SequenceSampler(episodes, seq_len=8)
+    seen = set()
+    for batch in sampler.epoch(batch_size=3, rng=np.random.default_rng(0)):
+        assert batch.mu.shape == (len(batch.mask), 9, 4) and batch.action.shape[1:] == (8, 3)
+        step_ids = batch.mu[:, :-1, 0][batch.mask]  # mu encodes 1000 * episode + step
+        seen.update(step_ids.tolist())
+        # z target t+1 is the next step of the same episode wherever z_mask is set
+        diff = batch.mu[:, 1:, 0] - batch.mu[:, :-1, 0]
+        assert np.all(diff[batch.z_mask] == 1)
+        assert not np.any(batch.z_mask & ~batch.mask)
+        assert np.all(batch.done[batch.mask & ~batch.z_mask] == 1)  # last step is the done
+    expected = {1000 * e + t for e, n in enumerate([37, 5, 16]) for t in range(n)}
+    assert seen == expected
+    assert sampler.batches_per_epoch(3) == -(-(5 + 1 + 2) // 3)
+
+
+def test_latents_round_trip_and_bad_files(tmp_path):
+    latents = _latents(10)
+    path = tmp_path / "episode_00000000.npz"
+    write_latents(path, latents)
+    back = read_latents(path)
+    assert all(np.array_equal(getattr(back, k), getattr(latents, k))
+               for k in ("mu", "logvar", "action", "reward", "done"))
+    assert list_latents(tmp_path) == [path] and not list(tmp_path.glob(".tmp_*"))
+    np.savez(path, mu=np.array([object()], dtype=object), logvar=latents.logvar,
+             action=latents.action, reward=latents.reward, done=latents.done)
+    with pytest.raises(BadLatentsError, match=path.name):  # pickled object arrays refused
+        read_latents(path)
+    np.savez(path, mu=latents.mu[:, :2].astype(np.float32), logvar=latents.logvar,
+             action=latents.action, reward=latents.reward, done=latents.done)
+    with pytest.raises(BadLatentsError, match="mu has shape"):
+        read_latents(path)
+
+
+def test_done_pos_weight_is_derived_from_the_data():
+    sampler = SequenceSampler([_latents(10), _latents(30, 1)], seq_len=8)
+    assert done_pos_weight(MDNRNNConfig(), sampler) == pytest.approx(38 / 2)
+    assert done_pos_weight(MDNRNNConfig(done_pos_weight=3.0), sampler) == 3.0
+
+
+def test_losses_fall_on_real_latents(encoded_run):
+    episodes = [read_latents(p) for p in list_latents(RunPaths(encoded_run).latents)]
+    sampler = SequenceSampler(episodes, seq_len=TINY.seq_len)
+    config = MDNRNNConfig(**vars(TINY))
+    torch.manual_seed(0)
+    model = MDNRNN(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch = next(sampler.epoch(8, np.random.default_rng(0)))
+    pos_weight = torch.tensor(done_pos_weight(config, sampler))
+    history = []
+    for _ in range(60):
+        losses = batch_losses(model, batch, pos_weight, torch.Generator().manual_seed(0))
+        loss = total_loss(losses, config)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append({k: losses[k].item() for k in ("z_nll", "reward_mse", "done_bce")})
+    assert history[-1]["z_nll"] < history[0]["z_nll"] - 5, history  # nats per step
+    assert history[-1]["reward_mse"] < history[0]["reward_mse"]
+    assert history[-1]["done_bce"] < history[0]["done_bce"]
+
+
+def test_train_mdnrnn_cli_refuses_overwrite_and_resumes_exactly(encoded_run, tmp_path, capsys):
+    run = _copy_run(encoded_run, tmp_path, MDNRNNConfig(**vars(TINY)))
+    assert main(["train-mdnrnn", "--run", str(run), "--epochs", "1"]) == 0
+    rows = read_csv(run / "logs" / "mdnrnn.csv")
+    assert rows[0]["epoch"] == 1 and np.isfinite(rows[0]["valid_z_nll"])  # held-out episode
+    saved = (run / "mdnrnn.pt").read_bytes()
+    assert main(["train-mdnrnn", "--run", str(run), "--epochs", "2"]) == 2
+    assert "--resume" in _one_error_line(capsys)
+    assert (run / "mdnrnn.pt").read_bytes() == saved
+    assert main(["train-mdnrnn", "--run", str(run), "--epochs", "2", "--resume"]) == 0
+    assert [r["epoch"] for r in read_csv(run / "logs" / "mdnrnn.csv")] == [1, 2]
+
+    # The same two epochs without a break give the same weights and optimizer state.
+    straight = tmp_path / "straight"
+    shutil.copytree(encoded_run, straight)
+    train_mdnrnn(straight, MDNRNNConfig(**{**vars(TINY), "epochs": 2}), progress=False)
+    a, pa = checkpoint.load_model(run / "mdnrnn.pt", MDNRNN, MDNRNNConfig)
+    b, pb = checkpoint.load_model(straight / "mdnrnn.pt", MDNRNN, MDNRNNConfig)
+    assert pa["epoch"] == pb["epoch"] == 2 and pa["step"] == pb["step"]
+    for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(wa, wb), name
+    sa, sb = pa["optimizer"]["state"], pb["optimizer"]["state"]
+    assert all(torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"]) for k in sa)
+
+
+def test_bad_input_is_one_line_and_exit_2(encoded_run, tmp_path, capsys):
+    assert main(["train-mdnrnn", "--run", str(tmp_path / "nothing")]) == 2
+    assert "train-vae" in _one_error_line(capsys)
+    assert not (tmp_path / "nothing").exists()
+
+    run = _copy_run(encoded_run, tmp_path, MDNRNNConfig(**vars(TINY)))
+    shutil.rmtree(run / "latents")
+    assert main(["train-mdnrnn", "--run", str(run)]) == 2
+    assert "encode" in _one_error_line(capsys)
+
+    # An M checkpoint whose config disagrees with its weights: both sizes named on --resume.
+    shutil.rmtree(run)
+    run = _copy_run(encoded_run, tmp_path, MDNRNNConfig(**vars(TINY)))
+    assert main(["train-mdnrnn", "--run", str(run), "--epochs", "1"]) == 0
+    spec = load_json(run / "mdnrnn.json")
+    save_json({**spec, "hidden_size": 48}, run / "mdnrnn.json")
+    assert main(["train-mdnrnn", "--run", str(run), "--epochs", "2", "--resume"]) == 2
+    line = _one_error_line(capsys)
+    assert "(128, 35)" in line and "(192, 35)" in line  # 4 gates x 32 vs 4 x 48
