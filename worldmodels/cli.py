@@ -106,6 +106,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the M checkpoint in --run")
     p.set_defaults(handler="worldmodels.train.mdnrnn:cli_train_mdnrnn")
 
+    p = sub.add_parser("evolve", help="evolve C with CMA-ES in M's dream (or the real env)")
+    p.add_argument("--run", type=Path, required=True, help="run directory with vae.pt, mdnrnn.pt")
+    p.add_argument("--in", dest="where", choices=["dream", "real"], default=None)
+    p.add_argument("--generations", type=_positive, default=None,
+                   help="default: the run's config (for all of these)")
+    p.add_argument("--popsize", type=int, default=None, help="candidates per generation (>= 2)")
+    p.add_argument("--rollouts", type=_positive, default=None, help="rollouts per candidate")
+    p.add_argument("--tau", type=float, default=None, help="dream temperature (> 0)")
+    p.add_argument("--max-steps", type=_positive, default=None, help="steps per rollout")
+    p.add_argument("--workers", type=_non_negative, default=None, help="0: in-process, no Ray")
+    p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
+    p.add_argument("--resume", action="store_true", help="continue RUN/es.pickle")
+    p.set_defaults(handler="worldmodels.evolve.cmaes:cli_evolve")
+
+    p = sub.add_parser("evaluate", help="score the run's agent in the real CarRacing-v3")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--episodes", type=_positive, default=None)
+    p.add_argument("--seed", type=_non_negative, default=None, help="episode i uses seed + i")
+    p.add_argument("--max-steps", type=_positive, default=None)
+    p.add_argument("--workers", type=_non_negative, default=None, help="0: in-process, no Ray")
+    p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
+    p.add_argument("--policy", choices=["controller", "random"], default="controller")
+    p.add_argument("--video", type=Path, default=None,
+                   help="also record the first episode (real | V's reconstruction): .mp4 or .gif")
+    p.set_defaults(handler="worldmodels.evaluate:cli_evaluate")
+
+    p = sub.add_parser("dream-video", help="a dream decoded through V, driven by C")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help=".mp4 or .gif")
+    p.add_argument("--steps", type=_positive, default=300)
+    p.add_argument("--seed", type=_non_negative, default=0)
+    p.add_argument("--tau", type=_positive_float, default=None, help="default: the run's tau")
+    p.add_argument("--fps", type=_positive, default=50)
+    p.set_defaults(handler="worldmodels.video:cli_dream_video")
+
+    p = sub.add_parser("pipeline", help="every stage in order, skipping finished ones")
+    p.add_argument("--preset", choices=["tiny", "small", "paper"], required=True)
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=None, help="episode directory (default RUN/data)")
+    p.add_argument("--workers", type=_non_negative, default=None,
+                   help="Ray workers for every stage (default: the preset's); 0: no Ray")
+    p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
+    p.set_defaults(handler="worldmodels.pipeline:cli_pipeline")
+
     return parser
 
 

@@ -1,0 +1,119 @@
+"""Every stage in order: collect -> train-vae -> encode -> train-mdnrnn -> evolve -> evaluate
+(agent and random baseline) -> videos.
+
+A stage whose outputs exist is skipped; one that was interrupted resumes (each stage saves
+after every epoch or generation), so rerunning the same command after Ctrl-C or a crash
+continues where it stopped. The run keeps the preset it was made with in RUN/config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from worldmodels.config import PipelineConfig, load_json, preset
+from worldmodels.errors import UserError
+from worldmodels.run import RunPaths, load_run_config
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        tqdm.write(f"pipeline: {text}")
+
+
+def run_config(paths: RunPaths, preset_name: str) -> PipelineConfig:
+    """The run's saved config, made from the preset on first use; refuses a run of another
+    preset (its stages would silently mix sizes)."""
+    if paths.config.exists():
+        saved = load_json(paths.config).get("preset")
+        if saved != preset_name:
+            raise UserError(f"{paths.config}: this run was made with --preset {saved}, "
+                            f"not {preset_name}; choose another --run")
+    return load_run_config(paths, default=preset(preset_name))
+
+
+def latents_fresh(paths: RunPaths, episodes: list[Path]) -> bool:
+    """Every episode encoded, and after V was last saved."""
+    files = [paths.latents / e.name for e in episodes]
+    if not all(f.exists() for f in files):
+        return False
+    return min(f.stat().st_mtime for f in files) >= paths.vae.stat().st_mtime
+
+
+def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int | None = None,
+             address: str | None = None, progress: bool = True) -> dict:
+    """Run (or continue) every stage; returns the agent's evaluation and the baseline's."""
+    from worldmodels.data.collect import collect
+    from worldmodels.evaluate import evaluate, load_params, record_real_video
+    from worldmodels.evolve.cmaes import evolve
+    from worldmodels.train.encode import encode
+    from worldmodels.train.mdnrnn import train_mdnrnn
+    from worldmodels.train.vae import train_vae
+    from worldmodels.video import dream_frames, write_video
+
+    paths = RunPaths(Path(run))
+    config = run_config(paths, preset_name)
+    data = Path(data) if data is not None else paths.root / "data"
+    if workers is not None:  # for this invocation only; the saved config keeps the preset's
+        config.collect.workers = config.evolve.workers = config.evaluate.workers = workers
+    start = time.perf_counter()
+
+    _say(progress, f"collect {config.collect.episodes} episodes -> {data}")
+    episodes = collect(data, config.collect, address=address, progress=progress)
+
+    _say(progress, "train-vae")
+    train_vae(data, paths.root, config.vae, resume=True, progress=progress)
+
+    if latents_fresh(paths, episodes):
+        _say(progress, "encode: done already")
+    else:
+        _say(progress, "encode")
+        encode(paths.root, data, progress=progress)
+
+    _say(progress, "train-mdnrnn")
+    if paths.mdnrnn.exists() and paths.mdnrnn.stat().st_mtime < paths.vae.stat().st_mtime:
+        raise UserError(f"{paths.mdnrnn} is older than {paths.vae} (V changed under it); "
+                        "move it away to retrain M")
+    train_mdnrnn(paths.root, config.mdnrnn, resume=True, progress=progress)
+
+    _say(progress, f"evolve {config.evolve.generations} generations in the {config.evolve.where}")
+    evolve(paths.root, config.evolve, resume=True, address=address, progress=progress)
+
+    results = {}
+    for policy, out in (("controller", paths.evaluation),
+                        ("random", paths.root / "evaluation_random.json")):
+        if out.exists() and load_json(out).get("episodes") == config.evaluate.episodes:
+            _say(progress, f"evaluate ({policy}): done already")
+            results[policy] = load_json(out)
+            continue
+        _say(progress, f"evaluate ({policy}): {config.evaluate.episodes} real episodes")
+        results[policy] = evaluate(paths.root, config.evaluate, policy, address,
+                                   progress=progress)
+
+    dream_video, real_video = paths.videos / "dream.mp4", paths.videos / "real.mp4"
+    if not dream_video.exists():
+        _say(progress, f"dream video -> {dream_video}")
+        write_video(dream_video, dream_frames(paths.root, steps=config.evolve.max_steps))
+    if not real_video.exists():
+        _say(progress, f"real video -> {real_video}")
+        record_real_video(paths.root, real_video, load_params(paths), config.evaluate.seed,
+                          config.evaluate.max_steps)
+
+    agent, baseline = results["controller"], results["random"]
+    _say(progress, f"done in {time.perf_counter() - start:.0f} s. Real CarRacing over "
+                   f"{agent['episodes']} episodes: agent {agent['mean']:.1f} +- "
+                   f"{agent['std']:.1f}, random policy {baseline['mean']:.1f} +- "
+                   f"{baseline['std']:.1f}")
+    return results
+
+
+def cli_pipeline(args: argparse.Namespace) -> int:
+    results = pipeline(args.run, args.preset, args.data, args.workers, args.address)
+    agent, baseline = results["controller"], results["random"]
+    print(f"pipeline: agent {agent['mean']:.1f} +- {agent['std']:.1f}, random "
+          f"{baseline['mean']:.1f} +- {baseline['std']:.1f} ({agent['episodes']} real "
+          f"episodes); {RunPaths(args.run).root}")
+    return 0

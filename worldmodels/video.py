@@ -1,0 +1,84 @@
+"""Videos: a dream decoded through V and driven by C, and real frames beside V's
+reconstructions. imageio v3 writes .mp4 (with imageio-ffmpeg) or .gif by the file's suffix."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from worldmodels.errors import UserError
+
+SCALE = 4  # 64x64 frames are tiny on a screen; nearest-neighbour upscaling keeps them crisp
+SUFFIXES = (".mp4", ".gif")
+
+
+def upscale(frame: np.ndarray, scale: int = SCALE) -> np.ndarray:
+    return frame.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def side_by_side(real: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    """Two (64, 64, 3) uint8 frames -> one (64, 130, 3) with a 2-pixel white gap."""
+    gap = np.full((real.shape[0], 2, 3), 255, np.uint8)
+    return np.concatenate([real, gap, recon], axis=1)
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 50,
+                scale: int = SCALE) -> Path:
+    """Write uint8 (H, W, 3) frames as .mp4 or .gif (written to a temp name, then renamed)."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if path.suffix.lower() not in SUFFIXES:
+        raise UserError(f"{path}: video must end in {' or '.join(SUFFIXES)}")
+    if not frames:
+        raise UserError(f"{path}: no frames to write")
+    # Even sizes: H.264 in yuv420p needs them.
+    stack = np.stack([upscale(f, scale) for f in frames])
+    stack = stack[:, : stack.shape[1] // 2 * 2, : stack.shape[2] // 2 * 2]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp_{path.name}")
+    if path.suffix.lower() == ".gif":
+        iio.imwrite(tmp, stack, extension=".gif", duration=1000 / fps, loop=0)
+    else:
+        iio.imwrite(tmp, stack, extension=".mp4", fps=fps, codec="libx264",
+                    macro_block_size=1)
+    tmp.replace(path)
+    return path
+
+
+def dream_frames(run: Path, steps: int = 300, seed: int = 0, tau: float | None = None,
+                 params: np.ndarray | None = None) -> list[np.ndarray]:
+    """A dream from the run's M, driven by its C (best params), decoded through V."""
+    import torch
+
+    from worldmodels.env.dream import DreamEnv
+    from worldmodels.evaluate import load_params
+    from worldmodels.models.controller import Controller
+    from worldmodels.run import RunPaths, load_run_config
+
+    paths = RunPaths(Path(run))
+    if tau is None:
+        tau = load_run_config(paths).evolve.tau
+    env = DreamEnv.from_run(paths.root, tau=tau, max_steps=steps, render_mode="rgb_array")
+    params = load_params(paths) if params is None else params
+    c = env.dream
+    controller = Controller(params, c.z_size, c.hidden)
+    obs, _ = env.reset(seed=seed)
+    frames = [env.render()]
+    for _ in range(steps):
+        x = torch.from_numpy(obs)[None]
+        action = controller.act(x[:, : c.z_size], x[:, c.z_size :])[0].numpy()
+        obs, _, terminated, truncated, _ = env.step(action)
+        frames.append(env.render())
+        if terminated or truncated:
+            break
+    return frames
+
+
+def cli_dream_video(args: argparse.Namespace) -> int:
+    frames = dream_frames(args.run, args.steps, args.seed, args.tau)
+    write_video(args.out, frames, fps=args.fps)
+    print(f"dream-video: {len(frames)} frames -> {args.out}")
+    return 0
