@@ -4,8 +4,8 @@ rollouts (in the dream by default), tell cma the negated fitness (it minimises).
 Reproducible and resumable:
 - rollout seeds come from (seed, generation, candidate, rollout), so fitness does not depend
   on how candidates are split across workers;
-- cma draws its samples from numpy's global RNG, which is reseeded from (seed, generation)
-  before every ask, so a resumed run draws what an uninterrupted one would have;
+- cma draws its samples from its own seeded numpy RandomState (its `randn` option), which
+  is pickled with it, so a resumed run draws what an uninterrupted one would have;
 - after every generation RUN/es.pickle (cma's `pickle_dumps()` plus generation, best
   parameters and the config) is replaced atomically, and RUN/controller.npy holds the best
   candidate so far. An interrupt loses at most the generation in flight.
@@ -124,6 +124,8 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
     else:
         es = cma.CMAEvolutionStrategy(np.zeros(n_params), config.sigma0, {
             "popsize": config.popsize, "seed": config.seed + 1, "verbose": -9,
+            # cma's own RNG, pickled with it (numpy's global one would not be).
+            "randn": np.random.RandomState(config.seed).randn,
         })
         state = EvolveState(es.pickle_dumps(), 0, None, -np.inf, asdict(config))
     if es.N != n_params:
@@ -144,7 +146,6 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
     try:
         for gen in range(state.generation, config.generations):
             t0 = time.perf_counter()
-            np.random.seed(np.random.SeedSequence([config.seed, gen]).generate_state(1)[0])
             solutions = es.ask()
             candidates = np.asarray(solutions, np.float32)
             seeds = rollout_seeds(config.seed, gen, len(candidates), config.rollouts)
