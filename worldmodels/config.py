@@ -117,8 +117,8 @@ def _preset_tiny() -> PipelineConfig:
     # End to end in a few minutes on 2 cores: enough to exercise every stage, not to drive.
     return PipelineConfig(
         preset="tiny",
-        collect=CollectConfig(episodes=4, max_steps=120, workers=2),
-        vae=VAEConfig(epochs=1, batch_size=32),
+        collect=CollectConfig(episodes=4, max_steps=100, workers=2),
+        vae=VAEConfig(epochs=1, batch_size=32, max_frames_per_epoch=256),
         mdnrnn=MDNRNNConfig(hidden_size=64, epochs=2, seq_len=32, batch_size=8),
         evolve=EvolveConfig(
             generations=3, popsize=6, rollouts=2, max_steps=100, workers=2,

@@ -9,6 +9,7 @@ track and for z's noise), so a result is reproducible. Writes RUN/evaluation.jso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,18 @@ class EpisodeResult:
     frames: list[np.ndarray] = field(default_factory=list)  # real | reconstruction, if recorded
 
 
+class one_thread(contextlib.ContextDecorator):
+    """Batch-1 inference is fastest on one thread; more only contend (badly on a busy machine)."""
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)
+
+
+@one_thread()
 @torch.inference_mode()
 def real_episode(env, vae: ConvVAE, mdnrnn: MDNRNN, params: np.ndarray | None, seed: int,
                  max_steps: int, record: bool = False) -> EpisodeResult:
@@ -85,8 +98,9 @@ def summarize(returns: np.ndarray, seeds: list[int], policy: str) -> dict:
 
 def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
              address: str | None = None, video: Path | None = None,
-             progress: bool = True) -> dict:
-    """Run `config.episodes` real episodes; returns (and writes) the summary."""
+             progress: bool = True, evaluator=None) -> dict:
+    """Run `config.episodes` real episodes; returns (and writes) the summary. `evaluator`
+    (optional, e.g. the pipeline's) replaces the one made from `config.workers`."""
     from worldmodels.evolve.workers import ModelBundle, make_evaluator
 
     if policy not in POLICIES:
@@ -102,14 +116,17 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
     seeds = [config.seed + i for i in range(config.episodes)]
     rows = None if params is None else np.tile(params, (len(seeds), 1))
     start = time.perf_counter()
-    evaluator = make_evaluator(bundle, config.workers, address)
+    own_evaluator = evaluator is None
+    if own_evaluator:
+        evaluator = make_evaluator(bundle, config.workers, address)
     try:
         if progress:
             tqdm.write(f"evaluate: {len(seeds)} real episodes ({policy}) on "
                        f"{config.workers or 'no'} Ray workers")
         returns = evaluator.returns("real", rows, np.array(seeds), max_steps=config.max_steps)
     finally:
-        evaluator.close()
+        if own_evaluator:
+            evaluator.close()
     summary = summarize(returns, seeds, policy)
     summary["seconds"] = time.perf_counter() - start
     out = paths.evaluation if policy == "controller" else paths.root / "evaluation_random.json"

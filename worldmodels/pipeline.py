@@ -49,6 +49,7 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     from worldmodels.data.collect import collect
     from worldmodels.evaluate import evaluate, load_params, record_real_video
     from worldmodels.evolve.cmaes import evolve
+    from worldmodels.evolve.workers import ModelBundle, make_evaluator
     from worldmodels.train.encode import encode
     from worldmodels.train.mdnrnn import train_mdnrnn
     from worldmodels.train.vae import train_vae
@@ -79,19 +80,24 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
                         "move it away to retrain M")
     train_mdnrnn(paths.root, config.mdnrnn, resume=True, progress=progress)
 
-    _say(progress, f"evolve {config.evolve.generations} generations in the {config.evolve.where}")
-    evolve(paths.root, config.evolve, resume=True, address=address, progress=progress)
-
+    # One set of workers (each holding V and M) for evolution and both evaluations.
+    evaluator = make_evaluator(ModelBundle.from_run(paths.root), config.evolve.workers, address)
     results = {}
-    for policy, out in (("controller", paths.evaluation),
-                        ("random", paths.root / "evaluation_random.json")):
-        if out.exists() and load_json(out).get("episodes") == config.evaluate.episodes:
-            _say(progress, f"evaluate ({policy}): done already")
-            results[policy] = load_json(out)
-            continue
-        _say(progress, f"evaluate ({policy}): {config.evaluate.episodes} real episodes")
-        results[policy] = evaluate(paths.root, config.evaluate, policy, address,
-                                   progress=progress)
+    try:
+        _say(progress, f"evolve {config.evolve.generations} generations in the "
+                       f"{config.evolve.where}")
+        evolve(paths.root, config.evolve, resume=True, progress=progress, evaluator=evaluator)
+        for policy, out in (("controller", paths.evaluation),
+                            ("random", paths.root / "evaluation_random.json")):
+            if out.exists() and load_json(out).get("episodes") == config.evaluate.episodes:
+                _say(progress, f"evaluate ({policy}): done already")
+                results[policy] = load_json(out)
+                continue
+            _say(progress, f"evaluate ({policy}): {config.evaluate.episodes} real episodes")
+            results[policy] = evaluate(paths.root, config.evaluate, policy, progress=progress,
+                                       evaluator=evaluator)
+    finally:
+        evaluator.close()
 
     dream_video, real_video = paths.videos / "dream.mp4", paths.videos / "real.mp4"
     if not dream_video.exists():

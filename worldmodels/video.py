@@ -54,7 +54,7 @@ def dream_frames(run: Path, steps: int = 300, seed: int = 0, tau: float | None =
     import torch
 
     from worldmodels.env.dream import DreamEnv
-    from worldmodels.evaluate import load_params
+    from worldmodels.evaluate import load_params, one_thread
     from worldmodels.models.controller import Controller
     from worldmodels.run import RunPaths, load_run_config
 
@@ -65,15 +65,16 @@ def dream_frames(run: Path, steps: int = 300, seed: int = 0, tau: float | None =
     params = load_params(paths) if params is None else params
     c = env.dream
     controller = Controller(params, c.z_size, c.hidden)
-    obs, _ = env.reset(seed=seed)
-    frames = [env.render()]
-    for _ in range(steps):
-        x = torch.from_numpy(obs)[None]
-        action = controller.act(x[:, : c.z_size], x[:, c.z_size :])[0].numpy()
-        obs, _, terminated, truncated, _ = env.step(action)
-        frames.append(env.render())
-        if terminated or truncated:
-            break
+    with one_thread(), torch.inference_mode():
+        obs, _ = env.reset(seed=seed)
+        frames = [env.render()]
+        for _ in range(steps):
+            x = torch.from_numpy(obs)[None]
+            action = controller.act(x[:, : c.z_size], x[:, c.z_size :])[0].numpy()
+            obs, _, terminated, truncated, _ = env.step(action)
+            frames.append(env.render())
+            if terminated or truncated:
+                break
     return frames
 
 

@@ -1,0 +1,45 @@
+"""The tiny pipeline end to end on the real CarRacing: every stage, then a rerun that skips."""
+
+from __future__ import annotations
+
+import time
+
+import imageio.v3 as iio
+import pytest
+
+from worldmodels.config import preset
+from worldmodels.errors import UserError
+from worldmodels.logger import read_csv
+from worldmodels.pipeline import pipeline
+from worldmodels.run import RunPaths
+
+
+def test_tiny_pipeline_end_to_end_then_skips(tmp_path, ray_session):
+    run, data = tmp_path / "run", tmp_path / "data"
+    tiny = preset("tiny")
+    results = pipeline(run, "tiny", data=data, progress=False)
+    paths = RunPaths(run)
+    assert len(list(data.glob("episode_*.npz"))) == tiny.collect.episodes
+    assert len(list(paths.latents.glob("episode_*.npz"))) == tiny.collect.episodes
+    for made in (paths.vae, paths.mdnrnn, paths.es_state, paths.controller, paths.evaluation):
+        assert made.exists(), made
+    rows = read_csv(paths.logs / "evolve.csv")
+    assert [r["step"] for r in rows] == list(range(1, tiny.evolve.generations + 1))
+    for policy in ("controller", "random"):
+        assert results[policy]["episodes"] == tiny.evaluate.episodes
+        assert len(results[policy]["returns"]) == tiny.evaluate.episodes
+    assert iio.imread(paths.videos / "dream.mp4").shape[1:] == (256, 256, 3)
+    real = iio.imread(paths.videos / "real.mp4")
+    assert real.shape[1:] == (256, 520, 3) and len(real) <= tiny.evaluate.max_steps
+
+    # Everything is there: a rerun skips every stage and changes nothing.
+    stamps = {p: p.stat().st_mtime_ns for p in (paths.vae, paths.mdnrnn, paths.controller,
+                                                paths.evaluation, paths.videos / "real.mp4")}
+    start = time.perf_counter()
+    again = pipeline(run, "tiny", data=data, progress=False)
+    assert time.perf_counter() - start < 30
+    assert again["controller"]["returns"] == results["controller"]["returns"]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    with pytest.raises(UserError, match="made with --preset tiny"):
+        pipeline(run, "small", data=data, progress=False)
