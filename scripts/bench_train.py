@@ -1,6 +1,6 @@
 """Training speed of V and M against their bare compute, and train-vae's memory vs data size.
 
-    python scripts/bench.py train [--data DIR] [--episodes 4] [--max-steps 200]
+    python scripts/bench.py train [--data DIR] [--episodes 4] [--max-steps 200] [--threads N]
                                   [--rss-episodes 4] [--rss-steps 150]
 
 1. V: `train_vae` images/s on real episodes (collected here unless --data is given) against
@@ -122,7 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--rss-episodes", type=int, default=4, help="the small dir; large: 10x")
     parser.add_argument("--rss-steps", type=int, default=150)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for the speed part (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
