@@ -63,10 +63,19 @@ class BatchedDream:
             # One matmul for the LSTM over x = [z, h, a] (so [z, h] is a view for C).
             self.w_lstm = torch.cat([w_ih[:, :z], w_hh, w_ih[:, z:]], 1).T.contiguous()
             self.b_lstm = (lstm.bias_ih_l0 + lstm.bias_hh_l0).contiguous()
+            # tanh(x) = 2 sigmoid(2x) - 1, and sigmoid is ~4x faster than tanh on CPU: the
+            # cell-input gate's weights are doubled so one sigmoid serves all four gates.
+            h4 = slice(2 * c.hidden_size, 3 * c.hidden_size)
+            self.w_lstm[:, h4] *= 2.0
+            self.b_lstm[h4] *= 2.0
             # One matmul for all heads: mixture (3 * Z * K), reward, done.
             heads = [mdnrnn.mdn.linear, mdnrnn.reward, mdnrnn.done]
-            self.w_heads = torch.cat([m.weight for m in heads]).T.contiguous()
-            self.b_heads = torch.cat([m.bias for m in heads]).contiguous()
+            w_heads = torch.cat([m.weight for m in heads]).T
+            self.head_width = w_heads.shape[1]
+            b_heads = torch.cat([m.bias for m in heads])
+            pad = -w_heads.shape[1] % 16  # matmuls run faster on widths that are multiples of 16
+            self.w_heads = torch.nn.functional.pad(w_heads, (0, pad)).contiguous()
+            self.b_heads = torch.nn.functional.pad(b_heads, (0, pad)).contiguous()
         self.n_mix = z * self.k
         self.log_tau_half = 0.5 * math.log(self.tau)
         self.batch = 0
@@ -131,28 +140,29 @@ class BatchedDream:
         slot = self.t % CHUNK
         self.x[:, z_size + hidden :].copy_(action)
         # LSTM step, in place.
-        gates = torch.addmm(self.b_lstm, self.x, self.w_lstm, out=self.gates)
+        gates = torch.addmm(self.b_lstm, self.x, self.w_lstm, out=self.gates).sigmoid_()
         i, f, g, o = gates.chunk(4, 1)
-        i.sigmoid_()
-        f.sigmoid_()
-        g.tanh_()
-        o.sigmoid_()
+        g.mul_(2.0).sub_(1.0)  # = tanh of the undoubled pre-activation
         self.c.mul_(f).addcmul_(i, g)
         h = self.h
-        torch.tanh(self.c, out=h)
-        h.mul_(o)
+        torch.sigmoid(self.c * 2.0, out=h)  # h = o * tanh(c), via sigmoid again
+        h.mul_(2.0).sub_(1.0).mul_(o)
         # Heads.
         out = torch.addmm(self.b_heads, h, self.w_heads, out=self.head_out)
         n = self.n_mix
         logit = out[:, :n].view(-1, z_size, k)
-        mu = out[:, n : 2 * n].view(-1, z_size, k)
-        raw_log_sigma = out[:, 2 * n : 3 * n].view(-1, z_size, k)
+        mu_and_log_sigma = out[:, n : 3 * n].view(-1, 2, z_size, k)
         reward, done = out[:, 3 * n].clone(), out[:, 3 * n + 1] > 0
-        # Mixture choice by inverse CDF with one uniform per dimension.
-        cdf = torch.softmax(logit / self.tau, -1).cumsum_(-1)
-        pick = (self.uniform[:, slot, :, None] > cdf).sum(-1).clamp_(max=k - 1).unsqueeze(-1)
-        mu_k = mu.gather(-1, pick).squeeze(-1)
-        log_sigma = raw_log_sigma.gather(-1, pick).squeeze(-1)
+        # Mixture choice by inverse CDF with one uniform per dimension, on unnormalised
+        # weights (softmax over 5 is slow on CPU); logits / tau are clipped to +-60 so exp
+        # cannot overflow or vanish: only absurd logits (weights e^120 apart) are affected.
+        cdf = (logit * (1.0 / self.tau)).clamp_(-60.0, 60.0).exp_().cumsum_(-1)
+        u = self.uniform[:, slot] * cdf[..., -1]
+        pick = torch.zeros(u.shape, dtype=torch.long)
+        for j in range(k - 1):  # K - 1 comparisons (not per row): the component index
+            pick += u > cdf[..., j]
+        picked = mu_and_log_sigma.gather(-1, pick[:, None, :, None].expand(-1, 2, -1, 1))
+        mu_k, log_sigma = picked.squeeze(-1).unbind(1)
         # The head's soft floor on log sigma (mdn._bounded_log_sigma), then the temperature.
         log_sigma = torch.nn.functional.softplus(log_sigma - LOG_SIGMA_MIN).add_(
             LOG_SIGMA_MIN + self.log_tau_half)
@@ -172,10 +182,10 @@ class BatchedDream:
         bias = params[:, n_in * ACTIONS :]
         total = torch.zeros(self.batch)
         alive = torch.ones(self.batch, dtype=torch.bool)
-        raw = torch.empty(self.batch, ACTIONS)
         for _ in range(self.max_steps):
-            torch.baddbmm(bias.unsqueeze(-1), weight, self.obs.unsqueeze(-1),
-                          out=raw.unsqueeze(-1))
+            # Each row its own C: a row-wise dot product (5x faster than a batched matmul of
+            # 3 x 288 matrices on CPU).
+            raw = torch.linalg.vecdot(weight, self.obs.unsqueeze(1)).add_(bias)
             reward, done = self.step(squash(raw))
             total.add_(reward.masked_fill_(~alive, 0.0))
             alive &= ~done
@@ -187,7 +197,7 @@ class BatchedDream:
     def flops_per_step(self) -> int:
         """Multiply-adds x 2 of one row's step (matmuls only: LSTM, heads, controller)."""
         n_in = self.z_size + self.hidden
-        return 2 * (self.w_lstm.numel() + self.w_heads.numel() + n_in * ACTIONS)
+        return 2 * (self.w_lstm.numel() + self.hidden * self.head_width + n_in * ACTIONS)
 
 
 def load_starts(latents_dir: Path, limit: int = 1000) -> tuple[Tensor, Tensor]:
