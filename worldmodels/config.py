@@ -136,7 +136,9 @@ def _preset_small() -> PipelineConfig:
         vae=VAEConfig(epochs=3, batch_size=64, learning_rate=3e-4, max_frames_per_epoch=30_000),
         mdnrnn=MDNRNNConfig(epochs=10, seq_len=100, batch_size=16),
         evolve=EvolveConfig(
-            generations=80, popsize=16, rollouts=4, max_steps=500, workers=2,
+            # Dream rollouts are cheap (~50k steps/s per core): a bigger population and more
+            # rollouts per candidate cost ~3 s per generation and make the fitness less noisy.
+            generations=120, popsize=32, rollouts=16, max_steps=500, workers=2,
             real_eval_every=10, real_eval_episodes=4,
         ),
         evaluate=EvaluateConfig(episodes=100, max_steps=1000, workers=2),
