@@ -12,6 +12,7 @@ from fake_run import make_run
 
 from worldmodels.cli import main
 from worldmodels.config import EvolveConfig
+from worldmodels.errors import UserError
 from worldmodels.evolve.cmaes import evolve, load_state, rollout_seeds
 from worldmodels.evolve.workers import ModelBundle, RayEvaluator, SerialEvaluator
 from worldmodels.logger import read_csv
@@ -70,6 +71,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     with pytest.raises(Exception, match="--resume"):
         evolve(broken, _config(), progress=False)
     evolve(broken, _config(), resume=True, progress=False)
+
+    with pytest.raises(UserError, match="population of 8"):
+        evolve(broken, _config(popsize=6), resume=True, progress=False)
 
     a, b = load_state(RunPaths(straight).es_state), load_state(RunPaths(broken).es_state)
     assert a.generation == b.generation == 4

@@ -117,9 +117,12 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
                         "another --run")
     if resume and paths.es_state.exists():
         state = load_state(paths.es_state)
-        generations, workers = config.generations, config.workers
-        config = from_dict(EvolveConfig, state.config)  # the run's own settings win
-        config.generations, config.workers = generations, workers
+        saved = from_dict(EvolveConfig, state.config)
+        if config.popsize != saved.popsize:
+            raise UserError(f"{paths.es_state}: this run evolves a population of "
+                            f"{saved.popsize}; it cannot resume with --popsize {config.popsize}")
+        config.seed, config.sigma0 = saved.seed, saved.sigma0  # they belong to the CMA-ES state
+        state.config = asdict(config)
         es = pickle.loads(state.es_bytes)
     else:
         es = cma.CMAEvolutionStrategy(np.zeros(n_params), config.sigma0, {
@@ -188,7 +191,10 @@ def cli_evolve(args: argparse.Namespace) -> int:
     paths = RunPaths(args.run)
     paths.require(paths.vae, "train-vae")
     paths.require(paths.mdnrnn, "train-mdnrnn")
-    config = load_run_config(paths).evolve
+    if args.resume and paths.es_state.exists():  # resume with the settings it was started with
+        config = from_dict(EvolveConfig, load_state(paths.es_state).config)
+    else:
+        config = load_run_config(paths).evolve
     for flag, name in (("where", "where"), ("generations", "generations"),
                        ("popsize", "popsize"), ("rollouts", "rollouts"), ("tau", "tau"),
                        ("workers", "workers"), ("max_steps", "max_steps")):
