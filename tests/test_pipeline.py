@@ -28,6 +28,8 @@ def test_tiny_pipeline_end_to_end_then_skips(tmp_path, ray_session):
     for policy in ("controller", "random"):
         assert results[policy]["episodes"] == tiny.evaluate.episodes
         assert len(results[policy]["returns"]) == tiny.evaluate.episodes
+    svg = (run / "fitness.svg").read_text()
+    assert svg.startswith("<svg") and svg.count("<circle") == 1  # one real-env check (gen 3)
     assert iio.imread(paths.videos / "dream.mp4").shape[1:] == (256, 256, 3)
     real = iio.imread(paths.videos / "real.mp4")
     assert real.shape[1:] == (256, 520, 3) and len(real) <= tiny.evaluate.max_steps

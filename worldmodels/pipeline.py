@@ -1,5 +1,5 @@
 """Every stage in order: collect -> train-vae -> encode -> train-mdnrnn -> evolve -> evaluate
-(agent and random baseline) -> videos.
+(agent and random baseline) -> RUN/fitness.svg and videos.
 
 A stage whose outputs exist is skipped; one that was interrupted resumes (each stage saves
 after every epoch or generation), so rerunning the same command after Ctrl-C or a crash
@@ -50,6 +50,7 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     from worldmodels.evaluate import evaluate, load_params, record_real_video
     from worldmodels.evolve.cmaes import evolve
     from worldmodels.evolve.workers import ModelBundle, make_evaluator
+    from worldmodels.plot import fitness_svg
     from worldmodels.train.encode import encode
     from worldmodels.train.mdnrnn import train_mdnrnn
     from worldmodels.train.vae import train_vae
@@ -99,6 +100,7 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     finally:
         evaluator.close()
 
+    fitness_svg(paths.root)  # RUN/fitness.svg: dream and real fitness per generation
     dream_video, real_video = paths.videos / "dream.mp4", paths.videos / "real.mp4"
     if not dream_video.exists():
         _say(progress, f"dream video -> {dream_video}")
