@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -32,7 +33,8 @@ def _check_episode_file(path: Path, seed: int, policy: str, steps: int):
     assert episode.obs.shape == (steps, 64, 64, 3) and episode.obs.dtype == np.uint8
     assert episode.action.shape == (steps, 3) and episode.action.dtype == np.float32
     assert episode.reward.shape == (steps,) and episode.reward.dtype == np.float32
-    assert episode.done.dtype == np.bool_ and episode.done[-1] and not episode.done[:-1].any()
+    # Cut by the time limit, not terminated: no step is done.
+    assert episode.done.dtype == np.bool_ and not episode.done.any()
     assert np.all(episode.action >= ACTION_LOW) and np.all(episode.action <= ACTION_HIGH)
     assert np.all(episode.reward < 20)  # -0.1 per step, plus ~3.4 per new tile
     assert episode.obs.std() > 5  # real pictures
@@ -63,6 +65,30 @@ def test_brownian_actions_vary_smoothly_random_ones_do_not():
     assert jumps["brownian"] < 0.15 < jumps["random"]
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("greedy", 0)
+
+
+class TerminatesAt(gym.Wrapper):
+    """Ends the episode as terminated (as CarRacing does off the playfield) at step `n`."""
+
+    def __init__(self, env, n: int):
+        super().__init__(env)
+        self.n, self.t = n, 0
+
+    def reset(self, **kwargs):
+        self.t = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, _, truncated, info = self.env.step(action)
+        self.t += 1
+        return obs, reward, self.t >= self.n, truncated, info
+
+
+def test_done_marks_termination_not_the_time_limit(fake_env):
+    truncated = run_episode(fake_env, "random", 0)  # the fake env truncates at 50
+    assert len(truncated.done) == 50 and not truncated.done.any()
+    terminated = run_episode(TerminatesAt(fake_env, 20), "random", 0)
+    assert len(terminated.done) == 20 and terminated.done[-1] and not terminated.done[:-1].any()
 
 
 def test_serial_collection_files(real_rollouts):

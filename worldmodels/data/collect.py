@@ -36,20 +36,23 @@ TASKS_PER_WORKER = 2  # one running, one queued: a worker never waits for the dr
 
 def run_episode(env, policy_name: str, seed: int) -> Episode:
     """Drive `env` (a make_env() env) with the seeded policy until it ends; `obs[t]` is the
-    frame the action `action[t]` was chosen on."""
+    frame the action `action[t]` was chosen on.
+
+    `done` marks a terminal step only (the car left the playfield or finished the lap): an
+    episode cut off by the time limit has none, since nothing in the frames announces a
+    time limit, and M's done head, trained on it, would end dreams at random."""
     policy = make_policy(policy_name, seed)
     obs, _ = env.reset(seed=seed)
     frames, actions, rewards = [], [], []
-    done = False
-    while not done:
+    terminated = truncated = False
+    while not (terminated or truncated):
         action = policy(obs)
         frames.append(obs)
         actions.append(action)
         obs, reward, terminated, truncated, _ = env.step(action)
         rewards.append(reward)
-        done = terminated or truncated
     dones = np.zeros(len(actions), bool)
-    dones[-1] = True
+    dones[-1] = terminated
     return Episode(
         obs=np.stack(frames), action=np.stack(actions).astype(np.float32),
         reward=np.asarray(rewards, np.float32), done=dones, seed=seed, policy=policy_name,

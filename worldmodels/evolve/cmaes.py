@@ -7,8 +7,10 @@ Reproducible and resumable:
 - cma draws its samples from its own seeded numpy RandomState (its `randn` option), which
   is pickled with it, so a resumed run draws what an uninterrupted one would have;
 - after every generation RUN/es.pickle (cma's `pickle_dumps()` plus generation, best
-  parameters and the config) is replaced atomically, and RUN/controller.npy holds the best
-  candidate so far. An interrupt loses at most the generation in flight.
+  parameters and the config) is replaced atomically, and so is RUN/controller.npy, the
+  agent: the CMA-ES mean. Not the best candidate: that is the maximum of `popsize` noisy
+  fitness estimates, so its score is biased upwards by the luck of its rollouts (it stays
+  in es.pickle as `best_params`). An interrupt loses at most the generation in flight.
 
 Logs: RUN/logs/evolve.csv (best/mean/worst fitness, sigma, seconds per generation) and
 RUN/logs/evolve_real.csv (the CMA-ES mean scored in the real env every N generations).
@@ -167,7 +169,7 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
                 real_mean = float(evaluator.returns("real", mean_params, real_seeds,
                                                     config.tau, config.max_steps).mean())
             state.generation, state.es_bytes = gen + 1, es.pickle_dumps()
-            save_params(paths.controller, state.best_params)
+            save_params(paths.controller, np.asarray(es.mean))
             save_state(paths.es_state, state)
             seconds = time.perf_counter() - t0
             logger.log(gen + 1, best=fitness.max(), mean=fitness.mean(), worst=fitness.min(),
@@ -202,5 +204,5 @@ def cli_evolve(args: argparse.Namespace) -> int:
             setattr(config, name, getattr(args, flag))
     state = evolve(args.run, config, resume=args.resume, address=args.address)
     print(f"evolve: {state.generation} generations, best fitness {state.best_fitness:.1f}; "
-          f"C -> {paths.controller}")
+          f"C (the CMA-ES mean) -> {paths.controller}")
     return 0
