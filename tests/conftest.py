@@ -5,6 +5,16 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run far faster on one thread than on two contended ones (shared CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -23,13 +23,7 @@ from worldmodels.models.mdn import LOG_SIGMA_MIN, RHO_MAX
 TINY = HandwritingConfig(hidden_size=16, layers=1, components=3)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run far faster on one thread than on two contended ones (shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 STROKE_XML = """<?xml version="1.0" encoding="ISO-8859-1"?>
 <WhiteboardCaptureSession>

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from worldmodels import checkpoint
@@ -17,13 +16,7 @@ TINY = ["--hidden-size", "16", "--layers", "1", "--components", "3", "--batch-si
         "--train-drawings", "48"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run far faster on one thread than on two contended ones (shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _one_error_line(capsys) -> str:

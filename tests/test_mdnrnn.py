@@ -30,13 +30,7 @@ from worldmodels.train.vae import train_vae
 TINY = MDNRNNConfig(hidden_size=32, gaussians=3, epochs=1, seq_len=16, batch_size=4)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run far faster on one thread than on two contended ones (shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

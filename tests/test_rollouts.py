@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from worldmodels.atomic import write_bytes
 from worldmodels.cli import main
 from worldmodels.data.rollouts import (
     BadEpisodeError,
@@ -17,7 +18,6 @@ from worldmodels.data.rollouts import (
     list_episodes,
     read_episode,
     validate_dir,
-    write_bytes_atomic,
     write_episode,
 )
 
@@ -40,7 +40,7 @@ def test_round_trip_keeps_every_field(data_dir, tmp_path):
         assert getattr(again, key).dtype == getattr(episode, key).dtype
     assert (again.seed, again.policy) == (1, "brownian")
     # The bytes a worker sends are the same file the driver would have written itself.
-    write_bytes_atomic(tmp_path / "from_bytes.npz", encode_episode(episode))
+    write_bytes(tmp_path / "from_bytes.npz", encode_episode(episode))
     assert (tmp_path / "from_bytes.npz").read_bytes() == path.read_bytes()
     assert not list(tmp_path.glob(".tmp_*"))
 

@@ -26,13 +26,7 @@ from worldmodels.train.vae import train_vae
 TINY = VAEConfig(epochs=1, batch_size=16, max_frames_per_epoch=48, shuffle_buffer=64)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run far faster on one thread than on two contended ones (shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

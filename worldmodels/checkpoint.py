@@ -6,8 +6,6 @@ a state whose tensor sizes differ from what the config implies, naming both size
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +13,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from worldmodels import atomic
 from worldmodels.config import from_dict, load_json, save_json
 from worldmodels.errors import UserError
 
@@ -26,14 +25,8 @@ def save(path: Path, model: nn.Module, config: Any, extra: dict[str, Any] | None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": model.state_dict(), **(extra or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic.replacing(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     save_json(asdict(config), path.with_suffix(".json"))
 
 

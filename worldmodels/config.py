@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from worldmodels import atomic
 from worldmodels.errors import UserError
 
 Z_SIZE = 32
@@ -195,10 +196,7 @@ def _dataclass_type(cls: type, name: str) -> type | None:
 def save_json(obj: Any, path: Path) -> None:
     """Write a dataclass (or dict) as JSON atomically."""
     data = asdict(obj) if dataclasses.is_dataclass(obj) else obj
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    atomic.write_text(Path(path), json.dumps(data, indent=2) + "\n")
 
 
 def load_json(path: Path) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
+from worldmodels import atomic
+
 
 class RunLogger:
     def __init__(self, log_dir: Path, stage: str):
@@ -54,9 +56,7 @@ def _csv_header(path: Path) -> list[str] | None:
 def _rewrite_with_columns(path: Path, columns: list[str]) -> None:
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic.replacing(path) as tmp, tmp.open("w", newline="") as f:
         out = csv.DictWriter(f, fieldnames=columns)
         out.writeheader()
         out.writerows(rows)
-    tmp.replace(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from worldmodels import atomic
 from worldmodels.logger import read_csv
 from worldmodels.run import RunPaths
 
@@ -54,7 +55,5 @@ def fitness_svg(run: Path, out: Path | None = None) -> Path | None:
         svg.append(f'<text x="{PAD + 10}" y="{PAD + 15 * i}" fill="{color}">{name}</text>')
     svg.append("</svg>\n")
     out = Path(out) if out is not None else paths.root / "fitness.svg"
-    tmp = out.with_name(f".tmp_{out.name}")
-    tmp.write_text("\n".join(svg))
-    tmp.replace(out)
+    atomic.write_text(out, "\n".join(svg))
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worldmodels import atomic
 from worldmodels.errors import UserError
 
 SCALE = 4  # 64x64 frames are tiny on a screen; nearest-neighbour upscaling keeps them crisp
@@ -37,14 +38,12 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 50,
     # Even sizes: H.264 in yuv420p needs them.
     stack = np.stack([upscale(f, scale) for f in frames])
     stack = stack[:, : stack.shape[1] // 2 * 2, : stack.shape[2] // 2 * 2]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp_{path.name}")
-    if path.suffix.lower() == ".gif":
-        iio.imwrite(tmp, stack, extension=".gif", duration=1000 / fps, loop=0)
-    else:
-        iio.imwrite(tmp, stack, extension=".mp4", fps=fps, codec="libx264",
-                    macro_block_size=1)
-    tmp.replace(path)
+    with atomic.replacing(path) as tmp:
+        if path.suffix.lower() == ".gif":
+            iio.imwrite(tmp, stack, extension=".gif", duration=1000 / fps, loop=0)
+        else:
+            iio.imwrite(tmp, stack, extension=".mp4", fps=fps, codec="libx264",
+                        macro_block_size=1)
     return path
 
 

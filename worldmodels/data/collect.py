@@ -18,15 +18,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from worldmodels.atomic import TMP_PREFIX, write_bytes
 from worldmodels.config import CollectConfig
 from worldmodels.data.policies import POLICIES, make_policy
 from worldmodels.data.rollouts import (
-    TMP_PREFIX,
     Episode,
     encode_episode,
     episode_path,
     validate_dir,
-    write_bytes_atomic,
     write_episode,
 )
 from worldmodels.errors import UserError
@@ -162,7 +161,7 @@ def _collect_ray(out: Path, config: CollectConfig, seeds: list[int], bar: tqdm) 
             actor = pending.pop(ref)
             seed, data, steps = ray.get(ref)
             submit(actor)
-            write_bytes_atomic(episode_path(out, seed), data)
+            write_bytes(episode_path(out, seed), data)
             frames += steps
             _update_bar(bar, frames, start)
     finally:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worldmodels.data.rollouts import ACTION_SIZE, EPISODE_GLOB, write_bytes_atomic
+from worldmodels.atomic import write_bytes
+from worldmodels.data.rollouts import ACTION_SIZE, EPISODE_GLOB
 from worldmodels.errors import UserError
 
 
@@ -63,7 +64,7 @@ def write_latents(path: Path, latents: Latents) -> None:
     np.savez(buffer, mu=latents.mu, logvar=latents.logvar, action=latents.action,
              reward=latents.reward, done=latents.done)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def read_latents(path: Path) -> Latents:

@@ -7,8 +7,6 @@ that exists under its final name is whole: it is written to a temp name and rena
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -17,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from worldmodels.atomic import write_bytes
 from worldmodels.errors import UserError
 
 FRAME_SHAPE = (64, 64, 3)
 ACTION_SIZE = 3
 EPISODE_GLOB = "episode_*.npz"
-TMP_PREFIX = ".tmp_"  # temp files of unfinished writes; never matched by EPISODE_GLOB
 
 
 @dataclass
@@ -60,23 +58,7 @@ def encode_episode(episode: Episode) -> bytes:
 def write_episode(path: Path, episode: Episode) -> None:
     """Write `episode` to `path` atomically: temp file in the same directory, then rename."""
     check_episode(episode, path)
-    write_bytes_atomic(path, encode_episode(episode))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file next to `path`, sync it, then rename it to `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; data files are for everyone
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, encode_episode(episode))
 
 
 def read_episode(path: Path) -> Episode:

@@ -19,9 +19,7 @@ RUN/logs/evolve_real.csv (the CMA-ES mean scored in the real env every N generat
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from worldmodels import atomic
 from worldmodels.config import EvolveConfig, from_dict
 from worldmodels.errors import UserError
 from worldmodels.logger import RunLogger
@@ -68,16 +67,7 @@ def rollout_seeds(seed: int, generation: int, popsize: int, rollouts: int) -> np
 
 
 def save_state(path: Path, state: EvolveState) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".pickle")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(asdict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_bytes(path, pickle.dumps(asdict(state)))
 
 
 def load_state(path: Path) -> EvolveState:
@@ -90,14 +80,8 @@ def load_state(path: Path) -> EvolveState:
 
 
 def save_params(path: Path, params: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, params.astype(np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic.replacing(path) as tmp, tmp.open("wb") as f:
+        np.save(f, np.asarray(params, np.float32))
 
 
 def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str | None = None,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worldmodels import atomic
 from worldmodels.errors import UserError
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
@@ -107,14 +108,12 @@ def save_picture(panels: list[tuple[str, list[np.ndarray]]], path: Path, columns
     suffix = path.suffix.lower()
     if suffix not in (".svg", ".png"):
         raise UserError(f"{path}: output must end in .svg or .png")
-    path.parent.mkdir(parents=True, exist_ok=True)
     picture = layout(panels, columns)
-    tmp = path.with_name(f".tmp_{path.name}")
-    if suffix == ".svg":
-        tmp.write_text(to_svg(picture))
-    else:
-        to_png(picture, tmp)  # PIL picks the format from the suffix: keep .png last
-    tmp.replace(path)
+    with atomic.replacing(path) as tmp:
+        if suffix == ".svg":
+            tmp.write_text(to_svg(picture))
+        else:
+            to_png(picture, tmp)  # PIL picks the format from the suffix: the temp keeps it
 
 
 def cli_sample(args: argparse.Namespace) -> int:

@@ -45,11 +45,3 @@ class Controller:
         """z (..., Z), h (..., H) -> actions (..., 3)."""
         return squash(torch.cat([z, h], -1) @ self.weight.T + self.bias)
 
-
-def batched_act(params: Tensor, z: Tensor, h: Tensor) -> Tensor:
-    """Many controllers at once: params (B, P), z (B, Z), h (B, H) -> actions (B, 3)."""
-    n_in = z.shape[-1] + h.shape[-1]
-    weight = params[:, : n_in * ACTIONS].view(-1, ACTIONS, n_in)
-    bias = params[:, n_in * ACTIONS :]
-    x = torch.cat([z, h], -1).unsqueeze(-1)
-    return squash(torch.bmm(weight, x).squeeze(-1) + bias)

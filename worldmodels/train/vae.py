@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from worldmodels import checkpoint
+from worldmodels import atomic, checkpoint
 from worldmodels.config import VAEConfig
 from worldmodels.data.frames import iter_frames_in_order, stream_frames
 from worldmodels.data.rollouts import list_episodes, split_holdout
@@ -74,10 +74,8 @@ def save_reconstructions(model: ConvVAE, frames: np.ndarray, path: Path) -> None
     mu, _ = model.encode(torch.from_numpy(frames))
     recon = (model.decode(mu).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     grid = np.concatenate([np.concatenate(list(frames), 1), np.concatenate(list(recon), 1)], 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp_" + path.name)
-    Image.fromarray(grid).save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic.replacing(path) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
 
 
 def _preview_frames(paths: list[Path]) -> np.ndarray:
