@@ -35,7 +35,7 @@ class RunPaths:
 
     @property
     def controller(self) -> Path:
-        """Best parameters found so far (float32 .npy)."""
+        """The agent: the CMA-ES mean after the last generation (float32 .npy)."""
         return self.root / "controller.npy"
 
     @property
