@@ -23,7 +23,7 @@ def _run_with_controller(tmp_path):
     return run
 
 
-def test_evaluate_real_env_serial_and_ray_agree(tmp_path, ray_session):
+def test_evaluate_real_env_serial_and_ray_agree(tmp_path, ray_session, capsys):
     run = _run_with_controller(tmp_path)
     config = EvaluateConfig(episodes=2, seed=5, max_steps=40, workers=0)
     serial = evaluate(run, config, progress=False)
@@ -34,8 +34,10 @@ def test_evaluate_real_env_serial_and_ray_agree(tmp_path, ray_session):
     # The car drives onto new tiles (+1000/N each) and pays 0.1 per frame.
     assert all(-4.0 - 1e-6 <= r for r in saved["returns"]) and saved["max"] > 0
     config.workers = 2
-    on_ray = evaluate(run, config, progress=False)
+    capsys.readouterr()
+    on_ray = evaluate(run, config, progress=True)
     np.testing.assert_allclose(on_ray["returns"], serial["returns"], rtol=1e-3, atol=1e-3)
+    assert "2/2" in capsys.readouterr().err  # the bar counted each episode as it finished
 
 
 def test_random_baseline_and_video_via_cli(tmp_path, capsys):

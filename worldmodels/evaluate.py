@@ -119,12 +119,13 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
     own_evaluator = evaluator is None
     if own_evaluator:
         evaluator = make_evaluator(bundle, config.workers, address)
+    bar = tqdm(total=len(seeds), desc=f"evaluate ({policy}, {config.workers or 'no'} Ray workers)",
+               unit="ep", disable=not progress)
     try:
-        if progress:
-            tqdm.write(f"evaluate: {len(seeds)} real episodes ({policy}) on "
-                       f"{config.workers or 'no'} Ray workers")
-        returns = evaluator.returns("real", rows, np.array(seeds), max_steps=config.max_steps)
+        returns = evaluator.returns("real", rows, np.array(seeds), max_steps=config.max_steps,
+                                    bar=bar)
     finally:
+        bar.close()
         if own_evaluator:
             evaluator.close()
     summary = summarize(returns, seeds, policy)

@@ -1,12 +1,13 @@
 """Who runs the rollouts: Ray actors created once with the model weights, or the same work
 serially in-process (`--workers 0`). Both have one interface:
 
-    evaluator.returns(where, params, seeds, tau, max_steps) -> total reward per row
+    evaluator.returns(where, params, seeds, tau, max_steps, bar=None) -> total reward per row
 
 `params` is (n, P) controller vectors (None: the random policy) and `seeds` (n,): row i is
 one rollout of params[i] with seed seeds[i], in the dream (M) or in the real CarRacing.
 Each call sends only these arrays; the weights went to each actor once, as state dicts
-(not paths), so actors work on any node of a cluster.
+(not paths), so actors work on any node of a cluster. `bar` (a tqdm bar, optional) advances
+by each row as it finishes: real episodes take seconds each.
 """
 
 from __future__ import annotations
@@ -131,8 +132,19 @@ class SerialEvaluator:
         self.worker = RolloutWorker(bundle)
 
     def returns(self, where: str, params: np.ndarray | None, seeds: np.ndarray,
-                tau: float = 1.0, max_steps: int = 1000) -> np.ndarray:
-        return self.worker.run(where, params, np.asarray(seeds), tau, max_steps)
+                tau: float = 1.0, max_steps: int = 1000, bar=None) -> np.ndarray:
+        seeds = np.asarray(seeds)
+        if where == "dream":  # one batch: many dreams at once are faster
+            chunks = [(0, len(seeds))]
+        else:
+            chunks = [(i, i + 1) for i in range(len(seeds))]
+        out = np.empty(len(seeds), np.float64)
+        for lo, hi in chunks:
+            rows = None if params is None else params[lo:hi]
+            out[lo:hi] = self.worker.run(where, rows, seeds[lo:hi], tau, max_steps)
+            if bar is not None:
+                bar.update(hi - lo)
+        return out
 
     def close(self) -> None:
         pass
@@ -141,10 +153,10 @@ class SerialEvaluator:
 class RayEvaluator:
     """K Ray actors, one CPU each, created once with the weights.
 
-    Rows are cut into chunks (one per actor in the dream, where a bigger batch is faster;
-    several per actor in the real env, for balance). An actor that dies is replaced by a
-    fresh one (made from the same weights, which stay in the object store) and its chunk is
-    resubmitted, so a generation always completes."""
+    Rows are cut into chunks: one per actor in the dream, where a bigger batch is faster;
+    one per episode in the real env, where an episode takes seconds (balance, progress). An
+    actor that dies is replaced by a fresh one (made from the same weights, which stay in the
+    object store) and its chunk is resubmitted, so a generation always completes."""
 
     def __init__(self, bundle: ModelBundle, workers: int, address: str | None = None):
         import ray
@@ -160,14 +172,13 @@ class RayEvaluator:
         return self.actor_cls.remote(self.bundle_ref, threads=1)
 
     def returns(self, where: str, params: np.ndarray | None, seeds: np.ndarray,
-                tau: float = 1.0, max_steps: int = 1000) -> np.ndarray:
+                tau: float = 1.0, max_steps: int = 1000, bar=None) -> np.ndarray:
         import ray
         from ray.exceptions import RayActorError
 
         seeds = np.asarray(seeds)
         n = len(seeds)
-        per_actor = 1 if where == "dream" else 4
-        n_chunks = min(n, len(self.actors) * per_actor)
+        n_chunks = min(n, len(self.actors)) if where == "dream" else n
         bounds = np.linspace(0, n, n_chunks + 1).astype(int)
         chunks = list(zip(bounds[:-1], bounds[1:], strict=True))
         out = np.empty(n, np.float64)
@@ -189,6 +200,8 @@ class RayEvaluator:
             try:
                 lo, hi = chunks[chunk]
                 out[lo:hi] = ray.get(ref)
+                if bar is not None:
+                    bar.update(hi - lo)
             except RayActorError:
                 self.actors[actor] = self._new_actor()  # gone for good: replace, redo
                 todo.insert(0, chunk)
