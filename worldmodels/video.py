@@ -49,7 +49,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 50,
 
 def dream_frames(run: Path, steps: int = 300, seed: int = 0, tau: float | None = None,
                  params: np.ndarray | None = None) -> list[np.ndarray]:
-    """A dream from the run's M, driven by its C (best params), decoded through V."""
+    """A dream from the run's M, driven by its C (controller.npy), decoded through V."""
     import torch
 
     from worldmodels.env.dream import DreamEnv

@@ -125,6 +125,15 @@ class RolloutWorker:
         return True
 
 
+def chunk_bounds(where: str, n: int, workers: int) -> list[tuple[int, int]]:
+    """(lo, hi) row ranges, each one task: in the dream one per worker (a bigger batch of
+    dreams is faster); in the real env one per episode, which takes seconds (balance and
+    progress)."""
+    n_chunks = min(n, workers) if where == "dream" else n
+    bounds = np.linspace(0, n, n_chunks + 1).astype(int)
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+
 class SerialEvaluator:
     """In-process, no Ray: the same rows, one after another."""
 
@@ -134,12 +143,8 @@ class SerialEvaluator:
     def returns(self, where: str, params: np.ndarray | None, seeds: np.ndarray,
                 tau: float = 1.0, max_steps: int = 1000, bar=None) -> np.ndarray:
         seeds = np.asarray(seeds)
-        if where == "dream":  # one batch: many dreams at once are faster
-            chunks = [(0, len(seeds))]
-        else:
-            chunks = [(i, i + 1) for i in range(len(seeds))]
         out = np.empty(len(seeds), np.float64)
-        for lo, hi in chunks:
+        for lo, hi in chunk_bounds(where, len(seeds), workers=1):
             rows = None if params is None else params[lo:hi]
             out[lo:hi] = self.worker.run(where, rows, seeds[lo:hi], tau, max_steps)
             if bar is not None:
@@ -153,10 +158,9 @@ class SerialEvaluator:
 class RayEvaluator:
     """K Ray actors, one CPU each, created once with the weights.
 
-    Rows are cut into chunks: one per actor in the dream, where a bigger batch is faster;
-    one per episode in the real env, where an episode takes seconds (balance, progress). An
-    actor that dies is replaced by a fresh one (made from the same weights, which stay in the
-    object store) and its chunk is resubmitted, so a generation always completes."""
+    Rows are cut into chunks (`chunk_bounds`). An actor that dies is replaced by a fresh one
+    (made from the same weights, which stay in the object store) and its chunk is
+    resubmitted, so a generation always completes."""
 
     def __init__(self, bundle: ModelBundle, workers: int, address: str | None = None):
         import ray
@@ -177,11 +181,8 @@ class RayEvaluator:
         from ray.exceptions import RayActorError
 
         seeds = np.asarray(seeds)
-        n = len(seeds)
-        n_chunks = min(n, len(self.actors)) if where == "dream" else n
-        bounds = np.linspace(0, n, n_chunks + 1).astype(int)
-        chunks = list(zip(bounds[:-1], bounds[1:], strict=True))
-        out = np.empty(n, np.float64)
+        chunks = chunk_bounds(where, len(seeds), len(self.actors))
+        out = np.empty(len(seeds), np.float64)
         todo = list(range(len(chunks)))
         pending: dict = {}  # ref -> (chunk index, actor index)
 
