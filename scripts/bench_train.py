@@ -70,13 +70,14 @@ def bare_mdnrnn_steps_per_s(config: MDNRNNConfig, sampler: SequenceSampler,
     torch.manual_seed(0)
     model = MDNRNN(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    batch = next(sampler.epoch(config.batch_size, np.random.default_rng(0)))
+    group = sampler.plan(config.batch_size, np.random.default_rng(0), carry_state=False)[0]
+    batch = sampler.batch(group.episode, group.start)
     pos_weight, generator = torch.tensor(done_pos_weight(config, sampler)), torch.Generator()
     with rnn_threads(config):
         for i in range(steps + 1):
             if i == 1:
                 start = time.perf_counter()
-            loss = total_loss(batch_losses(model, batch, pos_weight, generator), config)
+            loss = total_loss(batch_losses(model, batch, pos_weight, generator)[0], config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -93,3 +93,93 @@ def test_done_head_ends_dreams_and_stops_reward():
 def test_bad_tau_is_a_user_error():
     with pytest.raises(UserError, match="tau"):
         BatchedDream(make_mdnrnn(), STARTS, tau=0.0)
+
+
+# ---------------------------------------------------------------- the fused step vs M itself
+def _split_mask(mask: torch.Tensor | None):
+    """The dream's [z, h, a] mask as MDNRNN's (input [z, a], hidden h) masks."""
+    if mask is None:
+        return None
+    return torch.cat([mask[:, :Z], mask[:, Z + HIDDEN:]], 1), mask[:, Z:Z + HIDDEN]
+
+
+@pytest.mark.parametrize("tau,dropout", [(0.1, 0.0), (1.0, 0.0), (1.5, 0.0), (1.15, 0.2)])
+def test_fused_dream_step_matches_the_plain_modules(tau, dropout):
+    mdnrnn = make_mdnrnn(seed=4)
+    mdnrnn.config.dropout = dropout
+    with torch.no_grad():
+        mdnrnn.mdn.linear.bias[: Z * 3].add_(40.0)  # shifted logits change no probability
+    dream = BatchedDream(mdnrnn, STARTS, tau=tau, max_steps=100)
+    rows = 6
+    dream.reset(list(range(rows)))
+    assert (dream.mask is None) == (dropout == 0)
+    masks = _split_mask(dream.mask)
+    actions = torch.rand(80, rows, 3, generator=torch.Generator().manual_seed(0))
+    for t in range(80):
+        z, h, c = dream.z.clone(), dream.h.clone(), dream.c.clone()
+        reward, done = dream.step(actions[t])
+        with torch.no_grad():
+            h_ref, c_ref = mdnrnn.step(z, actions[t], (h, c), masks)
+            mixture, reward_ref, done_ref = mdnrnn.heads(h_ref)
+            slot = t % 32
+            z_ref = mixture.sample_with(dream.uniform[:, slot], dream.normal[:, slot], tau)
+        torch.testing.assert_close(dream.h, h_ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(dream.c, c_ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(reward, reward_ref, rtol=1e-4, atol=1e-5)
+        assert torch.equal(done, done_ref > 0)
+        torch.testing.assert_close(dream.z, z_ref, rtol=1e-4, atol=1e-4)
+
+
+def _fixed_mixture_dream(logits, mu, log_sigma, tau, rows=2000):
+    """A dream whose mixture for z_{t+1} is the same every step (head weights zero)."""
+    mdnrnn = make_mdnrnn(seed=5)
+    k = mdnrnn.config.gaussians
+    with torch.no_grad():
+        mdnrnn.mdn.linear.weight.zero_()
+        bias = torch.stack([torch.tensor(v, dtype=torch.float32).expand(Z, k)
+                            for v in (logits, mu, log_sigma)])
+        mdnrnn.mdn.linear.bias.copy_(bias.flatten())
+        mdnrnn.done.bias.fill_(-10.0)
+    dream = BatchedDream(mdnrnn, STARTS, tau=tau, max_steps=32)
+    dream.reset(list(range(rows)))
+    zs = []
+    for _ in range(8):
+        dream.step(torch.zeros(rows, 3))
+        zs.append(dream.z.clone())
+    return torch.stack(zs).flatten()
+
+
+@pytest.mark.parametrize("tau", [0.1, 1.0, 1.5])
+@pytest.mark.parametrize("shift", [0.0, 70.0, -70.0])
+def test_dream_z_moments_match_the_mixture_at_any_temperature_and_logit_shift(tau, shift):
+    logits = torch.tensor([-7.0, -15.0, -12.0]) + shift
+    mu, log_sigma = torch.tensor([-3.0, 3.0, 1.0]), torch.tensor([-1.0, -0.5, 0.0])
+    samples = _fixed_mixture_dream(logits.tolist(), mu.tolist(), log_sigma.tolist(), tau)
+    pi = torch.softmax(logits / tau, -1)
+    mean = (pi * mu).sum()
+    var = (pi * ((2 * log_sigma).exp() * tau + mu**2)).sum() - mean**2
+    # 8 steps x 2000 rows x 32 dims, nearly independent draws
+    assert abs(samples.mean() - mean) < 5 * (var / samples.numel()).sqrt() + 1e-3
+    torch.testing.assert_close(samples.var(), var, rtol=0.05, atol=1e-3)
+    if tau == 0.1:  # (-7, -15) at tau 0.1: the first component only, z ~ -3
+        assert abs(samples.mean() + 3.0) < 0.01
+
+
+def test_dropout_dreams_rows_independent_of_batch_and_differ_from_no_dropout():
+    mdnrnn = make_mdnrnn(seed=2)
+    params = np.random.default_rng(0).normal(0, 0.5, (4, param_count(Z, HIDDEN)))
+    seeds = [3, 4, 5, 6]
+    plain = BatchedDream(mdnrnn, STARTS, tau=1.0, max_steps=50).rollout(params, seeds)
+    mdnrnn.config.dropout = 0.3
+    dropped = BatchedDream(mdnrnn, STARTS, tau=1.0, max_steps=50).rollout(params, seeds)
+    alone = BatchedDream(mdnrnn, STARTS, tau=1.0, max_steps=50).rollout(params[2:3], seeds[2:3])
+    np.testing.assert_allclose(alone, dropped[2:3], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(plain, dropped)
+    again = BatchedDream(mdnrnn, STARTS, tau=1.0, max_steps=50).rollout(params, seeds)
+    np.testing.assert_array_equal(again, dropped)  # same seed, same mask, same dream
+
+
+@pytest.mark.parametrize("tau", [float("inf"), float("nan"), -1.0])
+def test_non_finite_tau_is_a_user_error(tau):
+    with pytest.raises(UserError, match="tau"):
+        BatchedDream(make_mdnrnn(), STARTS, tau=tau)

@@ -16,6 +16,7 @@ from worldmodels.data.latents import (
     BadLatentsError,
     Latents,
     SequenceSampler,
+    WindowGroup,
     list_latents,
     read_latents,
     write_latents,
@@ -24,7 +25,14 @@ from worldmodels.logger import read_csv
 from worldmodels.models.mdnrnn import MDNRNN
 from worldmodels.run import RunPaths
 from worldmodels.train.encode import encode
-from worldmodels.train.mdnrnn import batch_losses, done_pos_weight, total_loss, train_mdnrnn
+from worldmodels.train.mdnrnn import (
+    CarriedState,
+    batch_losses,
+    done_pos_weight,
+    done_prior_logit,
+    total_loss,
+    train_mdnrnn,
+)
 from worldmodels.train.vae import train_vae
 
 TINY = MDNRNNConfig(hidden_size=32, gaussians=3, epochs=1, seq_len=16, batch_size=4)
@@ -87,11 +95,15 @@ def test_mdnrnn_shapes_and_step_matches_forward():
     torch.testing.assert_close(step_done, done[:, -1], rtol=1e-5, atol=1e-5)
 
 
-def test_sampler_covers_every_step_with_aligned_targets():
+@pytest.mark.parametrize("carry_state", [False, True])
+def test_sampler_covers_every_step_with_aligned_targets(carry_state):
     episodes = [_latents(37, 0), _latents(5, 1), _latents(16, 2)]
     sampler = SequenceSampler(episodes, seq_len=8)
     seen = set()
-    for batch in sampler.epoch(batch_size=3, rng=np.random.default_rng(0)):
+    groups = sampler.plan(3, np.random.default_rng(0), carry_state)
+    for group in groups:
+        batch = sampler.batch(group.episode, group.start)
+        np.testing.assert_array_equal(batch.position[:, 0], group.start)
         assert batch.mu.shape == (len(batch.mask), 9, 4) and batch.action.shape[1:] == (8, 3)
         step_ids = batch.mu[:, :-1, 0][batch.mask]  # mu encodes 1000 * episode + step
         seen.update(step_ids.tolist())
@@ -102,7 +114,52 @@ def test_sampler_covers_every_step_with_aligned_targets():
         assert np.all(batch.done[batch.mask & ~batch.z_mask] == 1)  # last step is the done
     expected = {1000 * e + t for e, n in enumerate([37, 5, 16]) for t in range(n)}
     assert seen == expected
-    assert sampler.batches_per_epoch(3) == -(-(5 + 1 + 2) // 3)
+    if not carry_state:
+        assert len(groups) == -(-(5 + 1 + 2) // 3)
+        return
+    # Lanes: every lane walks its episodes from step 0, one window after the other.
+    assert max(len(g.lane) for g in groups) == 3
+    walked: dict[int, list[tuple[int, int]]] = {}
+    for group in groups:
+        for lane, e, start in zip(group.lane, group.episode, group.start, strict=True):
+            walked.setdefault(int(lane), []).append((int(e), int(start)))
+    for windows in walked.values():
+        for (e0, s0), (e1, s1) in zip(windows, windows[1:], strict=False):
+            assert (e1 == e0 and s1 == s0 + 8) or (e1 != e0 and s1 == 0)
+        assert windows[0][1] == 0
+
+
+def test_dropout_forward_matches_step_with_masks_and_rate_zero_is_plain_lstm():
+    config = MDNRNNConfig(hidden_size=24, gaussians=3, dropout=0.3)
+    model = MDNRNN(config)
+    z, a = torch.randn(3, 6, 32), torch.randn(3, 6, 3)
+    masks = model.dropout_masks(3, torch.Generator().manual_seed(1))
+    assert torch.allclose(masks[1].unique(), torch.tensor([0.0, 1 / 0.7]))
+    _, reward, _, (h, c) = model(z, a, masks=masks)
+    state = model.initial_state(3)
+    for t in range(6):
+        state = model.step(z[:, t], a[:, t], state, masks)
+    torch.testing.assert_close(state[0], h[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state[1], c[0], rtol=1e-5, atol=1e-5)
+    # All-ones masks: the unrolled path equals nn.LSTM.
+    ones = (torch.ones(3, 35), torch.ones(3, 24))
+    _, r_unrolled, _, _ = model(z, a, masks=ones)
+    _, r_plain, _, _ = model(z, a)
+    torch.testing.assert_close(r_unrolled, r_plain, rtol=1e-5, atol=1e-5)
+    assert MDNRNN(MDNRNNConfig(dropout=0.0)).dropout_masks(3) is None
+
+
+def test_carried_state_continues_lanes_and_restarts_episodes():
+    model = MDNRNN(MDNRNNConfig(hidden_size=8, gaussians=2, dropout=0.5))
+    carried = CarriedState(model, lanes=2, generator=torch.Generator().manual_seed(0))
+    first = WindowGroup(np.array([0, 1]), np.array([0, 0]), np.array([0, 1]))
+    (h, c), masks = carried.begin(first)
+    assert h.abs().sum() == 0
+    carried.end(first, (torch.ones(1, 2, 8), torch.ones(1, 2, 8)))
+    nxt = WindowGroup(np.array([0, 2]), np.array([16, 0]), np.array([0, 1]))
+    (h2, _), masks2 = carried.begin(nxt)
+    assert h2[0, 0].eq(1).all() and h2[0, 1].eq(0).all()  # lane 0 continues, lane 1 restarts
+    assert torch.equal(masks2[1][0], masks[1][0])  # same episode, same dropout mask
 
 
 def test_latents_round_trip_and_bad_files(tmp_path):
@@ -127,6 +184,11 @@ def test_done_pos_weight_is_derived_from_the_data():
     sampler = SequenceSampler([_latents(10), _latents(30, 1)], seq_len=8)
     assert done_pos_weight(MDNRNNConfig(), sampler) == pytest.approx(38 / 2)
     assert done_pos_weight(MDNRNNConfig(done_pos_weight=3.0), sampler) == 3.0
+    assert done_prior_logit(sampler) == pytest.approx(np.log(2 / 38))
+    no_done = _latents(40)
+    no_done.done[:] = False
+    assert done_prior_logit(SequenceSampler([no_done], seq_len=8)) == pytest.approx(
+        np.log(0.5 / 39.5))
 
 
 def test_losses_fall_on_real_latents(encoded_run):
@@ -136,11 +198,12 @@ def test_losses_fall_on_real_latents(encoded_run):
     torch.manual_seed(0)
     model = MDNRNN(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    batch = next(sampler.epoch(8, np.random.default_rng(0)))
+    group = sampler.plan(8, np.random.default_rng(0), carry_state=False)[0]
+    batch = sampler.batch(group.episode, group.start)
     pos_weight = torch.tensor(done_pos_weight(config, sampler))
     history = []
     for _ in range(60):
-        losses = batch_losses(model, batch, pos_weight, torch.Generator().manual_seed(0))
+        losses, _ = batch_losses(model, batch, pos_weight, torch.Generator().manual_seed(0))
         loss = total_loss(losses, config)
         optimizer.zero_grad()
         loss.backward()
@@ -156,6 +219,8 @@ def test_train_mdnrnn_cli_refuses_overwrite_and_resumes_exactly(encoded_run, tmp
     assert main(["train-mdnrnn", "--run", str(run), "--epochs", "1"]) == 0
     rows = read_csv(run / "logs" / "mdnrnn.csv")
     assert rows[0]["epoch"] == 1 and np.isfinite(rows[0]["valid_z_nll"])  # held-out episode
+    assert np.isfinite(rows[0]["valid_z_nll_0_100"])  # held-out losses by position too
+    assert {"valid_done_bce_100_300", "valid_reward_mse_300_end"} <= set(rows[0])
     saved = (run / "mdnrnn.pt").read_bytes()
     assert main(["train-mdnrnn", "--run", str(run), "--epochs", "2"]) == 2
     assert "--resume" in _one_error_line(capsys)
@@ -195,3 +260,29 @@ def test_bad_input_is_one_line_and_exit_2(encoded_run, tmp_path, capsys):
     assert main(["train-mdnrnn", "--run", str(run), "--epochs", "2", "--resume"]) == 2
     line = _one_error_line(capsys)
     assert "(128, 35)" in line and "(192, 35)" in line  # 4 gates x 32 vs 4 x 48
+
+    # Another dropout or window setting than the checkpoint's, or a dropout out of range.
+    save_json(spec, run / "mdnrnn.json")
+    for flags, named in ((["--dropout", "0.1"], "dropout 0.0"), (["--seq-len", "8"], "seq_len"),
+                         (["--no-carry-state"], "carry_state")):
+        assert main(["train-mdnrnn", "--run", str(run), "--epochs", "2", "--resume",
+                     *flags]) == 2
+        assert named in _one_error_line(capsys)
+    assert main(["train-mdnrnn", "--run", str(run), "--dropout", "1.0", "--resume"]) == 2
+    assert "[0, 1)" in _one_error_line(capsys)
+
+
+def test_training_with_dropout_and_carried_state_runs_and_resumes_exactly(encoded_run,
+                                                                         tmp_path):
+    config = MDNRNNConfig(**{**vars(TINY), "dropout": 0.1, "epochs": 2})
+    run = _copy_run(encoded_run, tmp_path, config)
+    train_mdnrnn(run, MDNRNNConfig(**{**vars(config), "epochs": 1}), progress=False)
+    train_mdnrnn(run, config, resume=True, progress=False)
+    straight = tmp_path / "straight"
+    shutil.copytree(encoded_run, straight)
+    train_mdnrnn(straight, config, progress=False)
+    a, _ = checkpoint.load_model(run / "mdnrnn.pt", MDNRNN, MDNRNNConfig)
+    b, _ = checkpoint.load_model(straight / "mdnrnn.pt", MDNRNN, MDNRNNConfig)
+    assert a.config.dropout == 0.1 and a.config.carry_state
+    for wa, wb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(wa, wb)

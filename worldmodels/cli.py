@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, default=None, help="default: the run's config")
     p.add_argument("--seq-len", type=_positive, default=None)
     p.add_argument("--batch-size", type=_positive, default=None)
+    p.add_argument("--dropout", type=float, default=None,
+                   help="variational dropout on M's input and state, also in the dream [0, 1)")
+    p.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=None,
+                   help="carry the LSTM state across windows of an episode (long horizon)")
     p.add_argument("--resume", action="store_true", help="continue the M checkpoint in --run")
     p.set_defaults(handler="worldmodels.train.mdnrnn:cli_train_mdnrnn")
 

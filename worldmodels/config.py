@@ -61,6 +61,14 @@ class MDNRNNConfig:
     """Mixture components per latent dimension."""
     epochs: int = 20
     seq_len: int = 100
+    """Steps per window of truncated backpropagation."""
+    carry_state: bool = True
+    """Long-horizon training: each batch row walks its episodes window after window from
+    step 0, carrying the (detached) LSTM state across windows, so M learns h as the dream
+    sees it at step 500. False: independent windows from h = 0 at random places."""
+    dropout: float = 0.0
+    """Variational dropout on the LSTM's input and recurrent state, in training and in the
+    dream (one mask per dream rollout); 0 turns it off."""
     batch_size: int = 32
     learning_rate: float = 1e-3
     grad_clip: float = 1.0

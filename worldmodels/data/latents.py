@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,14 +103,30 @@ class SequenceBatch:
     done: np.ndarray  # (B, L) float32
     mask: np.ndarray  # (B, L) bool: step t is inside the episode
     z_mask: np.ndarray  # (B, L) bool: step t+1 is inside the episode too
+    position: np.ndarray  # (B, L) int: step t's index within its episode
+
+
+@dataclass
+class WindowGroup:
+    """One batch's windows: episode index and start step per row; with carried state, the
+    lane (row of the carried LSTM state) each window continues (None: every row from h = 0)."""
+
+    episode: np.ndarray
+    start: np.ndarray
+    lane: np.ndarray | None = None
 
 
 class SequenceSampler:
     """All episodes concatenated in memory (M's data is small), cut into windows of `seq_len`.
 
-    An epoch covers every step of every episode: each episode of T steps gives ceil(T / L)
-    windows at a random phase, the last one padded past the end (masked), so the final step,
-    where `done` is set, is always trained on."""
+    An epoch covers every step of every episode, in one of two ways (`plan`):
+    - independent windows: each episode of T steps gives ceil(T / L) windows at a random
+      phase, shuffled, each trained from h = 0;
+    - lanes (carried state): each batch row is a lane that walks whole episodes window after
+      window from step 0, so the LSTM state can be carried from one window to the next and
+      M is trained on h as it is at any step of an episode, not only the first L.
+    Either way the last window of an episode is padded past its end (masked), so the final
+    step, where `done` is set, is always trained on."""
 
     def __init__(self, episodes: list[Latents], seq_len: int):
         if not episodes:
@@ -155,13 +170,33 @@ class SequenceSampler:
             mu=self.mu[flat], logvar=self.logvar[flat],
             action=self.action[flat[:, :L]], reward=self.reward[flat[:, :L]],
             done=self.done[flat[:, :L]], mask=inside[:, :L], z_mask=inside[:, 1:],
+            position=t[:, :L],
         )
 
-    def epoch(self, batch_size: int, rng: np.random.Generator | None) -> Iterator[SequenceBatch]:
-        episode, start = self.windows(rng)
-        for i in range(0, len(episode), batch_size):
-            yield self.batch(episode[i:i + batch_size], start[i:i + batch_size])
+    def lanes(self, lanes: int, rng: np.random.Generator | None) -> list[WindowGroup]:
+        """Whole episodes on `lanes` rows: each episode (shuffled; file order if rng is None)
+        goes to the lane with the least work so far, and is walked from step 0 in windows of
+        L. Group s holds the s-th window of every lane that still has one."""
+        n = -(-self.lengths // self.seq_len)
+        order = np.arange(len(n)) if rng is None else rng.permutation(len(n))
+        lanes = min(lanes, len(n))
+        load, plans = np.zeros(lanes, np.int64), [[] for _ in range(lanes)]
+        for e in order:
+            j = int(load.argmin())
+            plans[j] += [(e, k * self.seq_len) for k in range(n[e])]
+            load[j] += n[e]
+        groups = []
+        for s in range(int(load.max())):
+            active = [j for j in range(lanes) if s < len(plans[j])]
+            windows = np.array([plans[j][s] for j in active]).reshape(-1, 2)
+            groups.append(WindowGroup(windows[:, 0], windows[:, 1], np.array(active)))
+        return groups
 
-    def batches_per_epoch(self, batch_size: int) -> int:
-        windows = int((-(-self.lengths // self.seq_len)).sum())
-        return -(-windows // batch_size)
+    def plan(self, batch_size: int, rng: np.random.Generator | None,
+             carry_state: bool) -> list[WindowGroup]:
+        """One epoch's batches of windows (see the class docstring)."""
+        if carry_state:
+            return self.lanes(batch_size, rng)
+        episode, start = self.windows(rng)
+        return [WindowGroup(episode[i:i + batch_size], start[i:i + batch_size])
+                for i in range(0, len(episode), batch_size)]

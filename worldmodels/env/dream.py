@@ -27,8 +27,7 @@ import torch
 from torch import Tensor
 
 from worldmodels.models.controller import ACTIONS, squash
-from worldmodels.models.mdn import LOG_SIGMA_MIN
-from worldmodels.models.mdnrnn import MDNRNN
+from worldmodels.models.mdnrnn import MDNRNN, dropout_mask
 from worldmodels.models.vae import ConvVAE
 
 CHUNK = 32  # steps of noise drawn per row at a time
@@ -39,8 +38,8 @@ ACTION_HIGH = np.array([1.0, 1.0, 1.0], np.float32)
 def check_tau(tau: float) -> float:
     from worldmodels.errors import UserError
 
-    if not tau > 0:
-        raise UserError(f"--tau must be > 0, got {tau}")
+    if not (tau > 0 and math.isfinite(tau)):
+        raise UserError(f"--tau must be finite and > 0, got {tau}")
     return float(tau)
 
 
@@ -77,7 +76,8 @@ class BatchedDream:
             self.w_heads = torch.nn.functional.pad(w_heads, (0, pad)).contiguous()
             self.b_heads = torch.nn.functional.pad(b_heads, (0, pad)).contiguous()
         self.n_mix = z * self.k
-        self.log_tau_half = 0.5 * math.log(self.tau)
+        self.mixture_head = mdnrnn.mdn
+        self.dropout = c.dropout
         self.batch = 0
 
     # ------------------------------------------------------------------ state
@@ -92,7 +92,7 @@ class BatchedDream:
         self.head_out = torch.empty(batch, self.w_heads.shape[1])
         self.uniform = torch.empty(batch, CHUNK, z)
         self.normal = torch.empty(batch, CHUNK, z)
-        self.rows = torch.arange(batch)
+        self.x_masked = torch.empty_like(self.x)
 
     @property
     def z(self) -> Tensor:
@@ -119,6 +119,10 @@ class BatchedDream:
         for i, g in enumerate(self.generators):  # per row once per dream, not per step
             index[i] = torch.randint(n_starts, (1,), generator=g)[0]
             torch.randn(self.z_size, generator=g, out=eps[i])
+        self.mask = None
+        if self.dropout > 0:  # one mask per dream for [z, h, a], from the row's generator
+            self.mask = torch.stack([dropout_mask(self.x.shape[1:], self.dropout, g)
+                                     for g in self.generators])
         self.x.zero_()
         self.c.zero_()
         self.z.copy_(self.start_mu[index] + self.start_std[index] * eps)
@@ -134,39 +138,27 @@ class BatchedDream:
     def step(self, action: Tensor) -> tuple[Tensor, Tensor]:
         """Advance every dream by one step with actions (B, 3); returns (reward (B,), done (B,)
         bool); the new obs is `self.obs`."""
-        z_size, hidden, k = self.z_size, self.hidden, self.k
+        z_size, hidden = self.z_size, self.hidden
         if self.t % CHUNK == 0:
             self._draw_noise()
         slot = self.t % CHUNK
         self.x[:, z_size + hidden :].copy_(action)
-        # LSTM step, in place.
-        gates = torch.addmm(self.b_lstm, self.x, self.w_lstm, out=self.gates).sigmoid_()
+        # LSTM step, in place; with dropout, each row's mask multiplies [z, h, a] (C still
+        # sees the unmasked [z, h]).
+        x = self.x if self.mask is None else torch.mul(self.x, self.mask, out=self.x_masked)
+        gates = torch.addmm(self.b_lstm, x, self.w_lstm, out=self.gates).sigmoid_()
         i, f, g, o = gates.chunk(4, 1)
         g.mul_(2.0).sub_(1.0)  # = tanh of the undoubled pre-activation
         self.c.mul_(f).addcmul_(i, g)
         h = self.h
         torch.sigmoid(self.c * 2.0, out=h)  # h = o * tanh(c), via sigmoid again
         h.mul_(2.0).sub_(1.0).mul_(o)
-        # Heads.
+        # Heads, then z_{t+1} from the MDN core's own sampler with this step's noise.
         out = torch.addmm(self.b_heads, h, self.w_heads, out=self.head_out)
         n = self.n_mix
-        logit = out[:, :n].view(-1, z_size, k)
-        mu_and_log_sigma = out[:, n : 3 * n].view(-1, 2, z_size, k)
         reward, done = out[:, 3 * n].clone(), out[:, 3 * n + 1] > 0
-        # Mixture choice by inverse CDF with one uniform per dimension, on unnormalised
-        # weights (softmax over 5 is slow on CPU); logits / tau are clipped to +-60 so exp
-        # cannot overflow or vanish: only absurd logits (weights e^120 apart) are affected.
-        cdf = (logit * (1.0 / self.tau)).clamp_(-60.0, 60.0).exp_().cumsum_(-1)
-        u = self.uniform[:, slot] * cdf[..., -1]
-        pick = torch.zeros(u.shape, dtype=torch.long)
-        for j in range(k - 1):  # K - 1 comparisons (not per row): the component index
-            pick += u > cdf[..., j]
-        picked = mu_and_log_sigma.gather(-1, pick[:, None, :, None].expand(-1, 2, -1, 1))
-        mu_k, log_sigma = picked.squeeze(-1).unbind(1)
-        # The head's soft floor on log sigma (mdn._bounded_log_sigma), then the temperature.
-        log_sigma = torch.nn.functional.softplus(log_sigma - LOG_SIGMA_MIN).add_(
-            LOG_SIGMA_MIN + self.log_tau_half)
-        self.z.copy_(torch.addcmul(mu_k, log_sigma.exp_(), self.normal[:, slot]))
+        mixture = self.mixture_head.params_from(out[:, : 3 * n])
+        self.z.copy_(mixture.sample_with(self.uniform[:, slot], self.normal[:, slot], self.tau))
         self.t += 1
         return reward, done
 

@@ -13,6 +13,9 @@ is finite, and the NLL is exact for the parameters it is given.
 
 Sampling: temperature tau divides the mixture logits and scales sigma by sqrt(tau);
 Graves' bias b sharpens pi = softmax(logits * (1 + b)) and shrinks sigma = exp(log_sigma - b).
+Every mixture pick goes through `pick_component`, which takes pre-drawn uniforms (so the
+dream can draw each row's noise from the row's own generator) and is exact for any logits:
+it subtracts the row's maximum before exponentiating, so shifting all logits changes nothing.
 """
 
 from __future__ import annotations
@@ -35,11 +38,25 @@ def _bounded_log_sigma(raw: Tensor) -> Tensor:
 
 
 def _sample_adjust(logit_pi: Tensor, log_sigma: Tensor, tau: float, bias: float):
-    if tau <= 0:
-        raise ValueError(f"temperature must be > 0, got {tau}")
+    if not (tau > 0 and math.isfinite(tau)):
+        raise ValueError(f"temperature must be finite and > 0, got {tau}")
+    if not math.isfinite(bias):
+        raise ValueError(f"bias must be finite, got {bias}")
     logits = logit_pi * (1.0 + bias) / tau
     log_sigma = log_sigma - bias + 0.5 * math.log(tau)
     return logits, log_sigma
+
+
+def pick_component(logits: Tensor, uniform: Tensor) -> Tensor:
+    """Index of the component drawn from softmax(logits) over the last axis, by inverse CDF
+    with one pre-drawn uniform in [0, 1) per row: logits (..., K), uniform (...) -> (...).
+
+    Weights are exp(logits - max), so the largest is 1 and nothing overflows or vanishes
+    wholesale (a component e^-87 below the best is never picked, as it should almost never
+    be). Unnormalised: u scales by the total instead (cheaper than a softmax on CPU)."""
+    cdf = (logits - logits.amax(-1, keepdim=True)).exp().cumsum(-1)
+    u = (uniform * cdf[..., -1]).unsqueeze(-1)
+    return (u >= cdf[..., :-1]).sum(-1)
 
 
 # --------------------------------------------------------------------- factorised
@@ -64,12 +81,20 @@ class MixtureParams:
     def sample(self, tau: float = 1.0, bias: float = 0.0,
                generator: torch.Generator | None = None) -> Tensor:
         """One sample per dimension: (..., D)."""
+        shape, like = self.mu.shape[:-1], self.mu
+        uniform = torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
+        normal = torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+        return self.sample_with(uniform, normal, tau, bias)
+
+    def sample_with(self, uniform: Tensor, normal: Tensor, tau: float = 1.0,
+                    bias: float = 0.0) -> Tensor:
+        """The sample that the given noise makes: uniform (..., D) picks each dimension's
+        component, normal (..., D) is its standard normal draw; returns (..., D)."""
         logits, log_sigma = _sample_adjust(self.logit_pi, self.log_sigma, tau, bias)
-        k = _categorical(logits, generator)
-        mu = self.mu.gather(-1, k.unsqueeze(-1)).squeeze(-1)
-        sigma = log_sigma.gather(-1, k.unsqueeze(-1)).squeeze(-1).exp()
-        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        return mu + sigma * noise
+        k = pick_component(logits, uniform).unsqueeze(-1)
+        mu = self.mu.gather(-1, k).squeeze(-1)
+        sigma = log_sigma.gather(-1, k).squeeze(-1).exp()
+        return mu + sigma * normal
 
     def mean(self) -> Tensor:
         """The mixture mean per dimension: (..., D)."""
@@ -85,8 +110,12 @@ class MixtureHead(nn.Module):
         self.linear = nn.Linear(in_features, 3 * dims * components)
 
     def forward(self, features: Tensor) -> MixtureParams:
-        out = self.linear(features).unflatten(-1, (3, self.dims, self.components))
-        logit_pi, mu, raw_log_sigma = out.unbind(-3)
+        return self.params_from(self.linear(features))
+
+    def params_from(self, out: Tensor) -> MixtureParams:
+        """The linear layer's output (..., 3 * D * K) -> MixtureParams (the dream computes
+        that output itself, fused with the other heads)."""
+        logit_pi, mu, raw_log_sigma = out.unflatten(-1, (3, self.dims, self.components)).unbind(-3)
         return MixtureParams(logit_pi, mu, _bounded_log_sigma(raw_log_sigma))
 
 
@@ -127,7 +156,9 @@ class BivariateParams:
                generator: torch.Generator | None = None) -> Tensor:
         """One stroke-3 point (dx, dy, pen) per batch element: (..., 3)."""
         logits, log_sigma = _sample_adjust(self.logit_pi, self.log_sigma, tau, bias)
-        k = _categorical(logits, generator)
+        uniform = torch.rand(logits.shape[:-1], generator=generator, device=logits.device,
+                             dtype=logits.dtype)
+        k = pick_component(logits, uniform)
         pick = k.unsqueeze(-1)
         mu = self.mu.gather(-2, pick.unsqueeze(-1).expand(*k.shape, 1, 2)).squeeze(-2)
         sigma = log_sigma.gather(-2, pick.unsqueeze(-1).expand(*k.shape, 1, 2)).squeeze(-2).exp()
@@ -159,10 +190,3 @@ class BivariateHead(nn.Module):
             rho=RHO_MAX * torch.tanh(raw_rho),
             eos_logit=out[..., 6 * k],
         )
-
-
-def _categorical(logits: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Sample indices from the last axis with the Gumbel-max trick (works on any batch shape)."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
-    return (logits + gumbel).argmax(-1)

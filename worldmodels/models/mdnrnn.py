@@ -1,5 +1,12 @@
 """M: an LSTM over [z_t, a_t] with a factorised mixture head for z_{t+1}, plus reward and
-done heads, which the dream needs to hand out rewards and end episodes."""
+done heads, which the dream needs to hand out rewards and end episodes.
+
+Dropout (config.dropout = p > 0), as in "Dropout's Dream Land" (Wellmer and Kwok, 2021):
+variational masks on the LSTM's input [z, a] and on its recurrent state h, one mask per
+sequence held for all its steps (scaled by 1 / (1 - p)). The dream draws one mask per
+rollout the same way, so every dream is a slightly different plausible M. With p = 0 the
+model is the plain nn.LSTM, exactly as before dropout existed.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,15 @@ from worldmodels.models.mdn import MixtureHead, MixtureParams
 
 # (h, c): each (B, hidden) for step(), (1, B, hidden) for forward()
 LSTMState = tuple[Tensor, Tensor]
+# (input mask (B, Z + A), hidden mask (B, H)): 0 or 1 / (1 - p), held across a sequence
+DropoutMasks = tuple[Tensor, Tensor]
+
+
+def dropout_mask(shape: tuple[int, ...], rate: float, generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu") -> Tensor:
+    """Inverted-dropout mask: each entry 0 with probability `rate`, else 1 / (1 - rate)."""
+    keep = torch.rand(shape, generator=generator, device=device) >= rate
+    return keep.float() / (1.0 - rate)
 
 
 class MDNRNN(nn.Module):
@@ -27,24 +43,60 @@ class MDNRNN(nn.Module):
         """LSTM output (..., hidden) -> (mixture for z_{t+1}, reward, done logit)."""
         return self.mdn(h), self.reward(h).squeeze(-1), self.done(h).squeeze(-1)
 
-    def forward(self, z: Tensor, action: Tensor, state: LSTMState | None = None):
+    def forward(self, z: Tensor, action: Tensor, state: LSTMState | None = None,
+                masks: DropoutMasks | None = None):
         """Sequences z (B, T, Z), action (B, T, A) -> (MixtureParams (B, T, Z, K),
-        reward (B, T), done_logit (B, T), final state)."""
-        out, state = self.lstm(torch.cat([z, action], -1), state)
-        return (*self.heads(out), state)
+        reward (B, T), done_logit (B, T), final state (h, c) each (1, B, H)).
+
+        With `masks` (training with dropout) the LSTM is unrolled here with the masks applied
+        at every step; without, nn.LSTM runs it."""
+        x = torch.cat([z, action], -1)
+        if masks is None:
+            out, state = self.lstm(x, state)
+            return (*self.heads(out), state)
+        input_mask, hidden_mask = masks
+        lstm = self.lstm
+        # The input half of every step's gates in one matmul; only h @ W_hh is sequential.
+        x_gates = F.linear(x * input_mask.unsqueeze(1), lstm.weight_ih_l0,
+                           lstm.bias_ih_l0 + lstm.bias_hh_l0)
+        if state is None:
+            h, c = self.initial_state(len(z), z.device)
+        else:
+            h, c = state[0][0], state[1][0]
+        outs = []
+        for t in range(x.shape[1]):
+            h, c = self._cell(x_gates[:, t] + F.linear(h * hidden_mask, lstm.weight_hh_l0), c)
+            outs.append(h)
+        out = torch.stack(outs, 1)
+        return (*self.heads(out), (h[None], c[None]))
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> LSTMState:
         zeros = torch.zeros(batch, self.config.hidden_size, device=device)
         return zeros, zeros.clone()
 
-    def step(self, z: Tensor, action: Tensor, state: LSTMState) -> LSTMState:
+    def dropout_masks(self, batch: int, generator: torch.Generator | None = None,
+                      device: torch.device | str = "cpu") -> DropoutMasks | None:
+        """One sequence's masks per row, or None when the config has no dropout."""
+        c = self.config
+        if c.dropout == 0:
+            return None
+        return (dropout_mask((batch, c.z_size + c.action_size), c.dropout, generator, device),
+                dropout_mask((batch, c.hidden_size), c.dropout, generator, device))
+
+    def step(self, z: Tensor, action: Tensor, state: LSTMState,
+             masks: DropoutMasks | None = None) -> LSTMState:
         """One LSTM step for a batch: z (B, Z), action (B, A), state (h, c) each (B, H).
 
-        Same weights as forward(), without nn.LSTM's per-call overhead on the dream's hot path."""
+        Same weights as forward(), without nn.LSTM's per-call overhead on the hot path."""
         h, c = state
-        gates = F.linear(torch.cat([z, action], -1), self.lstm.weight_ih_l0, self.lstm.bias_ih_l0)
-        gates = gates + F.linear(h, self.lstm.weight_hh_l0, self.lstm.bias_hh_l0)
+        x = torch.cat([z, action], -1)
+        if masks is not None:
+            x, h = x * masks[0], h * masks[1]
+        gates = F.linear(x, self.lstm.weight_ih_l0, self.lstm.bias_ih_l0)
+        return self._cell(gates + F.linear(h, self.lstm.weight_hh_l0, self.lstm.bias_hh_l0), c)
+
+    @staticmethod
+    def _cell(gates: Tensor, c: Tensor) -> LSTMState:
         i, f, g, o = gates.chunk(4, -1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h, c
+        return torch.sigmoid(o) * torch.tanh(c), c

@@ -6,14 +6,25 @@ and done_t (BCE with a positive weight, since dones are rare). The training loss
 the NLL over latent dimensions (so the reward and done terms are not drowned out); the
 reported `z_nll` is per step, summed over dimensions, in nats.
 
+Horizon: with `carry_state` (the default) every batch row walks whole episodes from step 0
+and the LSTM state, detached, is carried from one window to the next (truncated
+backpropagation through time), so h is trained as the dream uses it, up to the last step.
+The held-out set is always scored that way, whole episodes from h = 0, and its losses are
+also logged per position bucket (steps 0-100, 100-300, 300+) to show where M is weak.
+
+A new M's done head starts at the log-odds of the data's done rate, so an untrained head
+does not end every dream at once (strongly negative when the data has no done step).
+
 Writes RUN/mdnrnn.pt + mdnrnn.json, RUN/logs/mdnrnn.csv (per epoch, with held-out
 losses), RUN/logs/mdnrnn_steps.csv and TensorBoard scalars. Every epoch seeds its own
-windows and z samples from (config.seed, epoch), so a resumed run matches an unbroken one.
+windows, z samples and dropout masks from (config.seed, epoch), so a resumed run matches an
+unbroken one.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,17 +37,28 @@ from tqdm import tqdm
 
 from worldmodels import checkpoint
 from worldmodels.config import MDNRNNConfig
-from worldmodels.data.latents import SequenceBatch, SequenceSampler, list_latents, read_latents
+from worldmodels.data.latents import (
+    SequenceBatch,
+    SequenceSampler,
+    WindowGroup,
+    list_latents,
+    read_latents,
+)
 from worldmodels.data.rollouts import split_holdout
 from worldmodels.errors import UserError
 from worldmodels.logger import RunLogger
-from worldmodels.models.mdnrnn import MDNRNN
+from worldmodels.models.mdnrnn import MDNRNN, DropoutMasks, LSTMState
 from worldmodels.run import RunPaths, load_run_config
 
 EVAL_SEED = 12_345  # fixed z samples for the held-out set: comparable across epochs
 # Below this many LSTM units x batch rows, one step's matmuls are too small to split across
 # threads: on 2 shared cores, 1 thread ran 14.5 steps/s and 2 threads 5.5 (hidden 256, batch 16).
 ONE_THREAD_BELOW = 64 * 256
+# Held-out losses per position in the episode: [lo, hi) steps; None: to the end.
+POSITION_BUCKETS = ((0, 100), (100, 300), (300, None))
+LOSSES = ("z_nll", "reward_mse", "done_bce")
+# Settings a checkpoint was trained with that a resumed run may not change.
+FIXED_ON_RESUME = ("seq_len", "carry_state", "dropout")
 
 
 @contextmanager
@@ -64,22 +86,80 @@ def done_pos_weight(config: MDNRNNConfig, sampler: SequenceSampler) -> float:
     return (len(sampler.done) - positives) / positives if positives else 1.0
 
 
-def batch_losses(model: MDNRNN, batch: SequenceBatch, pos_weight: Tensor,
-                 generator: torch.Generator) -> dict[str, Tensor]:
-    """Masked means over the batch: z_nll (nats per step, summed over dims), reward_mse,
-    done_bce."""
+def done_prior_logit(sampler: SequenceSampler) -> float:
+    """Log-odds of a step being done in the data; with no done step, those of half a done
+    in all the steps (a strongly negative start, not minus infinity)."""
+    rate = max(float(sampler.done.sum()), 0.5) / len(sampler.done)
+    return math.log(rate / (1.0 - rate)) if rate < 1 else 0.0
+
+
+def check_config(config: MDNRNNConfig) -> None:
+    if not 0 <= config.dropout < 1:
+        raise UserError(f"mdnrnn.dropout (--dropout) must be in [0, 1), got {config.dropout}")
+
+
+class CarriedState:
+    """Each lane's LSTM state and dropout masks between its windows. A window that starts an
+    episode (step 0) starts from h = 0 with fresh masks; any other continues its lane."""
+
+    def __init__(self, model: MDNRNN, lanes: int, generator: torch.Generator):
+        hidden = model.config.hidden_size
+        self.model, self.generator = model, generator
+        self.h, self.c = torch.zeros(lanes, hidden), torch.zeros(lanes, hidden)
+        self.masks = model.dropout_masks(lanes, generator)
+
+    def begin(self, group: WindowGroup) -> tuple[LSTMState | None, DropoutMasks | None]:
+        """The state and masks the group's rows start from."""
+        fresh = self.model.dropout_masks(len(group.episode), self.generator)
+        if group.lane is None:  # independent windows: h = 0, a mask per window
+            return None, fresh
+        lane = torch.from_numpy(group.lane)
+        new = torch.from_numpy(group.start == 0)[:, None]
+        h = self.h[lane].masked_fill(new, 0.0)
+        c = self.c[lane].masked_fill(new, 0.0)
+        masks = None
+        if fresh is not None:
+            masks = tuple(torch.where(new, f, kept[lane]) for f, kept in zip(fresh, self.masks,
+                                                                            strict=True))
+            for kept, m in zip(self.masks, masks, strict=True):
+                kept[lane] = m
+        return (h[None], c[None]), masks
+
+    def end(self, group: WindowGroup, state: LSTMState) -> None:
+        if group.lane is not None:
+            lane = torch.from_numpy(group.lane)
+            self.h[lane], self.c[lane] = state[0][0].detach(), state[1][0].detach()
+
+
+def step_losses(model: MDNRNN, batch: SequenceBatch, pos_weight: Tensor,
+                generator: torch.Generator, state: LSTMState | None = None,
+                masks: DropoutMasks | None = None) -> tuple[dict[str, Tensor], LSTMState]:
+    """Per-step losses (B, L): z_nll (nats, summed over dims), reward_mse (squared error),
+    done_bce; and the LSTM's final state."""
     mu, logvar = torch.from_numpy(batch.mu), torch.from_numpy(batch.logvar)
     z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator)
-    mixture, reward, done_logit, _ = model(z[:, :-1], torch.from_numpy(batch.action))
-    mask = torch.from_numpy(batch.mask).float()
-    z_mask = torch.from_numpy(batch.z_mask).float()
-    z_nll = (mixture.nll(z[:, 1:]) * z_mask).sum() / z_mask.sum().clamp_min(1)
-    reward_err = (reward - torch.from_numpy(batch.reward)).square()
+    mixture, reward, done_logit, final = model(z[:, :-1], torch.from_numpy(batch.action),
+                                               state, masks)
     bce = F.binary_cross_entropy_with_logits(
         done_logit, torch.from_numpy(batch.done), pos_weight=pos_weight, reduction="none")
-    n = mask.sum().clamp_min(1)
-    return {"z_nll": z_nll, "reward_mse": (reward_err * mask).sum() / n,
-            "done_bce": (bce * mask).sum() / n, "steps": mask.sum(), "z_steps": z_mask.sum()}
+    return {"z_nll": mixture.nll(z[:, 1:]),
+            "reward_mse": (reward - torch.from_numpy(batch.reward)).square(),
+            "done_bce": bce}, final
+
+
+def batch_losses(model: MDNRNN, batch: SequenceBatch, pos_weight: Tensor,
+                 generator: torch.Generator, state: LSTMState | None = None,
+                 masks: DropoutMasks | None = None) -> tuple[dict[str, Tensor], LSTMState]:
+    """Masked means over the batch (z_nll over steps with a z target, the others over steps
+    inside the episode), the step counts, and the LSTM's final state."""
+    per_step, final = step_losses(model, batch, pos_weight, generator, state, masks)
+    mask = torch.from_numpy(batch.mask).float()
+    z_mask = torch.from_numpy(batch.z_mask).float()
+    n, n_z = mask.sum(), z_mask.sum()
+    return {"z_nll": (per_step["z_nll"] * z_mask).sum() / n_z.clamp_min(1),
+            "reward_mse": (per_step["reward_mse"] * mask).sum() / n.clamp_min(1),
+            "done_bce": (per_step["done_bce"] * mask).sum() / n.clamp_min(1),
+            "steps": n, "z_steps": n_z}, final
 
 
 def total_loss(losses: dict[str, Tensor], config: MDNRNNConfig) -> Tensor:
@@ -87,31 +167,49 @@ def total_loss(losses: dict[str, Tensor], config: MDNRNNConfig) -> Tensor:
             + config.done_weight * losses["done_bce"])
 
 
+def bucket_name(lo: int, hi: int | None) -> str:
+    return f"{lo}_{hi}" if hi is not None else f"{lo}_end"
+
+
 @torch.no_grad()
 def evaluate(model: MDNRNN, sampler: SequenceSampler | None, config: MDNRNNConfig,
              pos_weight: Tensor) -> dict[str, float]:
-    names = ("z_nll", "reward_mse", "done_bce")
+    """Held-out losses over whole episodes from h = 0 (as the dream runs M), overall and per
+    position bucket: valid_z_nll, valid_z_nll_0_100, ..."""
+    keys = [f"valid_{k}" for k in LOSSES] + [f"valid_{k}_{bucket_name(*b)}" for b in
+                                             POSITION_BUCKETS for k in LOSSES]
     if sampler is None:
-        return {f"valid_{k}": float("nan") for k in names}
+        return dict.fromkeys(keys, float("nan"))
     model.eval()
     generator = torch.Generator().manual_seed(EVAL_SEED)
-    sums = dict.fromkeys(names, 0.0)
-    steps = z_steps = 0.0
-    for batch in sampler.epoch(max(config.batch_size, 64), rng=None):
-        losses = batch_losses(model, batch, pos_weight, generator)
-        sums["z_nll"] += losses["z_nll"].item() * losses["z_steps"].item()
-        for k in ("reward_mse", "done_bce"):
-            sums[k] += losses[k].item() * losses["steps"].item()
-        steps += losses["steps"].item()
-        z_steps += losses["z_steps"].item()
-    return {"valid_z_nll": sums["z_nll"] / max(z_steps, 1),
-            "valid_reward_mse": sums["reward_mse"] / max(steps, 1),
-            "valid_done_bce": sums["done_bce"] / max(steps, 1)}
+    lanes = max(config.batch_size, 64)
+    carried = CarriedState(model, lanes, torch.Generator())  # (its masks go unused)
+    buckets = [("", 0, None), *((f"_{bucket_name(lo, hi)}", lo, hi) for lo, hi in
+                                POSITION_BUCKETS)]
+    sums = {(k, b[0]): 0.0 for k in LOSSES for b in buckets}
+    counts = {(k, b[0]): 0.0 for k in LOSSES for b in buckets}
+    for group in sampler.lanes(lanes, rng=None):
+        batch = sampler.batch(group.episode, group.start)
+        state, _ = carried.begin(group)
+        per_step, final = step_losses(model, batch, pos_weight, generator, state)
+        carried.end(group, final)
+        position = torch.from_numpy(batch.position)
+        for suffix, lo, hi in buckets:
+            where = position >= lo
+            if hi is not None:
+                where &= position < hi
+            for k in LOSSES:
+                valid = torch.from_numpy(batch.z_mask if k == "z_nll" else batch.mask) & where
+                sums[k, suffix] += per_step[k][valid].sum().item()
+                counts[k, suffix] += valid.sum().item()
+    return {f"valid_{k}{suffix}": sums[k, suffix] / counts[k, suffix]
+            if counts[k, suffix] else float("nan") for k in LOSSES for suffix, _, _ in buckets}
 
 
 def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
                  progress: bool = True) -> None:
     """Train (or with `resume`, continue) M of `run` on RUN/latents (made by `encode`)."""
+    check_config(config)
     paths = RunPaths(Path(run))
     paths.require(paths.vae, "train-vae")
     paths.require(paths.latents, "encode")
@@ -124,6 +222,11 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
         raise UserError(f"{ckpt} exists; pass --resume to continue it or choose another --run")
     if resume and ckpt.exists():
         model, payload = checkpoint.load_model(ckpt, MDNRNN, MDNRNNConfig)
+        for name in FIXED_ON_RESUME:
+            trained, asked = getattr(model.config, name), getattr(config, name)
+            if trained != asked:
+                raise UserError(f"{ckpt} was trained with {name} {trained}, not {asked}; "
+                                "resume with the same setting or choose another --run")
         epochs = config.epochs
         config = model.config  # the run's own config wins; only the epoch count may change
         config.epochs = epochs
@@ -138,6 +241,9 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
     if z_size != config.z_size:
         raise UserError(f"{paths.latents}: latents have z size {z_size} but the M config "
                         f"says z_size {config.z_size}")
+    if not payload:
+        with torch.no_grad():
+            model.done.bias.fill_(done_prior_logit(train_set))
     pos_weight = torch.tensor(payload.get("done_pos_weight", done_pos_weight(config, train_set)))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     if payload:
@@ -165,7 +271,8 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
             })
             if progress:
                 tqdm.write(f"train-mdnrnn epoch {epoch + 1}: z NLL {means['z_nll']:.2f} "
-                           f"nats/step (held-out {result['valid_z_nll']:.2f}), reward MSE "
+                           f"nats/step (held-out {result['valid_z_nll']:.2f}; steps 300+ "
+                           f"{result['valid_z_nll_300_end']:.2f}), reward MSE "
                            f"{means['reward_mse']:.3f}, done BCE {means['done_bce']:.3f}")
     finally:
         logger.close()
@@ -177,16 +284,19 @@ def _train_epoch(model: MDNRNN, optimizer: torch.optim.Optimizer, train_set: Seq
                  step_logger: RunLogger, progress: bool) -> tuple[int, dict[str, float], int]:
     """One pass over the training windows: (step, mean losses, batches)."""
     model.train()
-    seed = config.seed * 100_003 + epoch  # windows and z samples of this epoch
+    seed = config.seed * 100_003 + epoch  # windows, z samples and masks of this epoch
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    groups = train_set.plan(config.batch_size, rng, config.carry_state)
+    carried = CarriedState(model, config.batch_size, generator)
     names = ("loss", "z_nll", "reward_mse", "done_bce")
     sums, n_batches = np.zeros(len(names)), 0
-    bar = tqdm(train_set.epoch(config.batch_size, rng),
-               total=train_set.batches_per_epoch(config.batch_size),
-               desc=f"train-mdnrnn epoch {epoch + 1}/{config.epochs}", unit="batch",
+    bar = tqdm(groups, desc=f"train-mdnrnn epoch {epoch + 1}/{config.epochs}", unit="batch",
                disable=not progress, leave=False)
-    for batch in bar:
-        losses = batch_losses(model, batch, pos_weight, generator)
+    for group in bar:
+        state, masks = carried.begin(group)
+        losses, final = batch_losses(model, train_set.batch(group.episode, group.start),
+                                     pos_weight, generator, state, masks)
+        carried.end(group, final)
         losses["loss"] = total_loss(losses, config)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -212,6 +322,10 @@ def cli_train_mdnrnn(args: argparse.Namespace) -> int:
         config.seq_len = args.seq_len
     if args.batch_size is not None:
         config.batch_size = args.batch_size
+    if args.dropout is not None:
+        config.dropout = args.dropout
+    if args.carry_state is not None:
+        config.carry_state = args.carry_state
     train_mdnrnn(args.run, config, resume=args.resume)
     print(f"train-mdnrnn: M -> {paths.mdnrnn}")
     return 0
