@@ -47,7 +47,7 @@ from worldmodels.data.latents import (
 from worldmodels.data.rollouts import split_holdout
 from worldmodels.errors import UserError
 from worldmodels.logger import RunLogger
-from worldmodels.models.mdnrnn import MDNRNN, DropoutMasks, LSTMState
+from worldmodels.models.mdnrnn import MDNRNN, DropoutMasks, LSTMState, check_dropout
 from worldmodels.run import RunPaths, load_run_config
 
 EVAL_SEED = 12_345  # fixed z samples for the held-out set: comparable across epochs
@@ -91,11 +91,6 @@ def done_prior_logit(sampler: SequenceSampler) -> float:
     in all the steps (a strongly negative start, not minus infinity)."""
     rate = max(float(sampler.done.sum()), 0.5) / len(sampler.done)
     return math.log(rate / (1.0 - rate)) if rate < 1 else 0.0
-
-
-def check_config(config: MDNRNNConfig) -> None:
-    if not 0 <= config.dropout < 1:
-        raise UserError(f"mdnrnn.dropout (--dropout) must be in [0, 1), got {config.dropout}")
 
 
 class CarriedState:
@@ -209,7 +204,7 @@ def evaluate(model: MDNRNN, sampler: SequenceSampler | None, config: MDNRNNConfi
 def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
                  progress: bool = True) -> None:
     """Train (or with `resume`, continue) M of `run` on RUN/latents (made by `encode`)."""
-    check_config(config)
+    check_dropout(config.dropout)
     paths = RunPaths(Path(run))
     paths.require(paths.vae, "train-vae")
     paths.require(paths.latents, "encode")
