@@ -13,7 +13,7 @@ from fake_run import make_run
 from worldmodels.cli import main
 from worldmodels.config import EvolveConfig
 from worldmodels.errors import UserError
-from worldmodels.evolve.cmaes import evolve, load_state, rollout_seeds
+from worldmodels.evolve.cmaes import evolve, load_state, real_check_due, rollout_seeds
 from worldmodels.evolve.workers import ModelBundle, RayEvaluator, SerialEvaluator
 from worldmodels.logger import read_csv
 from worldmodels.models.controller import param_count
@@ -35,14 +35,34 @@ def test_evolve_in_dream_raises_fitness_on_seeded_problem(tmp_path):
     means = [r["mean"] for r in rows]
     assert np.mean(means[-3:]) > np.mean(means[:3]) + 1.0  # of at most 15 * 0.76
     assert all(r["best"] >= r["mean"] >= r["worst"] for r in rows)
-    # C is the CMA-ES mean, and it has learnt to push the gas: the lever of this problem.
-    controller = np.load(RunPaths(run).controller, allow_pickle=False)
-    np.testing.assert_allclose(controller, pickle.loads(state.es_bytes).mean, rtol=1e-6)
-    assert controller.shape == (param_count(32, 16),) and controller[-2] > 0
+    # C is a CMA-ES mean, and it has learnt to push the gas: the lever of this problem.
     assert state.best_params[-2] > 0
     assert state.best_fitness == pytest.approx(max(r["best"] for r in rows))
     real = read_csv(RunPaths(run).logs / "evolve_real.csv")  # the mean, in real CarRacing
     assert [r["step"] for r in real] == [6, 12] and all(np.isfinite(r["real_mean"]) for r in real)
+    # The agent is the mean with the best real check (selection seeds), not the last mean.
+    best = max(real, key=lambda r: r["real_mean"])
+    assert state.selected_generation == best["step"]
+    assert state.selected_real == pytest.approx(best["real_mean"])
+    controller = np.load(RunPaths(run).controller, allow_pickle=False)
+    np.testing.assert_array_equal(controller, state.selected_params)
+    assert controller.shape == (param_count(32, 16),)
+    if best["step"] == 12:
+        np.testing.assert_allclose(controller, pickle.loads(state.es_bytes).mean, rtol=1e-6)
+
+
+def test_without_real_checks_the_agent_is_the_last_mean(tmp_path):
+    run = make_run(tmp_path, gas_reward=True)
+    state = evolve(run, _config(generations=5), progress=False)
+    controller = np.load(RunPaths(run).controller, allow_pickle=False)
+    np.testing.assert_allclose(controller, pickle.loads(state.es_bytes).mean, rtol=1e-6)
+    assert controller[-2] > 0 and state.selected_params is None
+
+
+def test_real_checks_every_n_generations_and_after_the_last():
+    config = _config(generations=25, real_eval_every=10)
+    assert [g for g in range(1, 26) if real_check_due(config, g)] == [10, 20, 25]
+    assert not any(real_check_due(_config(real_eval_every=0), g) for g in range(1, 5))
 
 
 class InterruptAt:
@@ -86,9 +106,10 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
                 == [r[name] for r in read_csv(RunPaths(broken).logs / "evolve.csv")])
 
 
-def test_rollout_seeds_depend_on_all_four_indices():
+def test_rollout_seeds_are_common_to_the_candidates_of_a_generation():
     s = rollout_seeds(0, 0, 3, 2)
-    assert s.shape == (3, 2) and len(np.unique(s)) == 6
+    assert s.shape == (3, 2) and len(np.unique(s[0])) == 2
+    assert (s == s[0]).all()  # every candidate dreams the same dreams
     assert not np.array_equal(s, rollout_seeds(0, 1, 3, 2))
     assert not np.array_equal(s, rollout_seeds(1, 0, 3, 2))
     np.testing.assert_array_equal(s[:2], rollout_seeds(0, 0, 2, 2))  # not the popsize

@@ -98,8 +98,11 @@ class EvolveConfig:
     workers: int = 2
     """Ray actors; 0 evaluates serially in-process."""
     real_eval_every: int = 10
-    """Every N generations the CMA-ES mean is also scored in the real env (0: never)."""
-    real_eval_episodes: int = 4
+    """Every N generations (and after the last) the CMA-ES mean is scored in the real env on
+    selection seeds; the agent is the mean with the best such check (0: never; the last mean)."""
+    real_eval_episodes: int = 8
+    real_eval_max_steps: int = 1000
+    """Steps per real check episode: the full length, where the evaluation is."""
     seed: int = 0
 
 
@@ -131,7 +134,7 @@ def _preset_tiny() -> PipelineConfig:
         mdnrnn=MDNRNNConfig(hidden_size=64, epochs=2, seq_len=32, batch_size=8),
         evolve=EvolveConfig(
             generations=3, popsize=6, rollouts=2, max_steps=100, workers=2,
-            real_eval_every=3, real_eval_episodes=1,
+            real_eval_every=3, real_eval_episodes=1, real_eval_max_steps=100,
         ),
         evaluate=EvaluateConfig(episodes=2, max_steps=150, workers=2),
     )
@@ -151,7 +154,7 @@ def _preset_small() -> PipelineConfig:
             # tau 1.5 makes the dream harder to exploit: 40 generations at 1.5 scored 200 in
             # the real env, 120 at 1.15 scored 88 (README).
             generations=40, popsize=32, rollouts=16, tau=1.5, max_steps=500, workers=2,
-            real_eval_every=10, real_eval_episodes=4,
+            real_eval_every=10, real_eval_episodes=8,
         ),
         evaluate=EvaluateConfig(episodes=100, max_steps=1000, workers=2),
     )

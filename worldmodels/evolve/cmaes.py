@@ -1,16 +1,27 @@
 """Evolve C with CMA-ES (the `cma` package): ask, score each candidate as the mean return of R
 rollouts (in the dream by default), tell cma the negated fitness (it minimises).
 
+Common random numbers: every candidate of a generation dreams from the same R seeds, which
+come from (seed, generation, rollout), so candidates are ranked on the same dreams and the
+ranking compares controllers, not luck; fitness does not depend on how candidates are split
+across workers.
+
+Selection by real checks: every `real_eval_every` generations (and after the last) the
+CMA-ES mean plays `real_eval_episodes` real episodes of `real_eval_max_steps` steps on
+selection seeds (REAL_EVAL_SEED + i, disjoint from the evaluation seeds 1,000,000+).
+RUN/controller.npy, the agent, is the mean with the best real check so far (before the first
+check, the latest mean). The dream alone cannot tell when C starts to learn M's mistakes;
+the real check can.
+
 Reproducible and resumable:
-- rollout seeds come from (seed, generation, candidate, rollout), so fitness does not depend
-  on how candidates are split across workers;
 - cma draws its samples from its own seeded numpy RandomState (its `randn` option), which
   is pickled with it, so a resumed run draws what an uninterrupted one would have;
 - after every generation RUN/es.pickle (cma's `pickle_dumps()` plus generation, best
-  parameters and the config) is replaced atomically, and so is RUN/controller.npy, the
-  agent: the CMA-ES mean. Not the best candidate: that is the maximum of `popsize` noisy
-  fitness estimates, so its score is biased upwards by the luck of its rollouts (it stays
-  in es.pickle as `best_params`). An interrupt loses at most the generation in flight.
+  parameters, the selected mean and the config) is replaced atomically, and so is
+  RUN/controller.npy. The agent is a CMA-ES mean, never the best candidate: that is the
+  maximum of `popsize` noisy fitness estimates, so its score is biased upwards by the luck of
+  its rollouts (it stays in es.pickle as `best_params`). An interrupt loses at most the
+  generation in flight.
 
 Logs: RUN/logs/evolve.csv (best/mean/worst fitness, sigma, seconds per generation) and
 RUN/logs/evolve_real.csv (the CMA-ES mean scored in the real env every N generations).
@@ -44,6 +55,9 @@ class EvolveState:
     best_params: np.ndarray | None
     best_fitness: float
     config: dict
+    selected_params: np.ndarray | None = None  # the mean with the best real check so far
+    selected_real: float = -np.inf  # its real check
+    selected_generation: int = 0
 
 
 def validate(config: EvolveConfig) -> None:
@@ -61,9 +75,17 @@ def validate(config: EvolveConfig) -> None:
 
 
 def rollout_seeds(seed: int, generation: int, popsize: int, rollouts: int) -> np.ndarray:
-    """(popsize, rollouts) seeds, each a function of (seed, generation, candidate, rollout)."""
-    return np.array([[np.random.SeedSequence([seed, generation, c, r]).generate_state(1)[0]
-                      for r in range(rollouts)] for c in range(popsize)], np.int64)
+    """(popsize, rollouts) seeds: row r of every candidate is the same seed, a function of
+    (seed, generation, r) (common random numbers)."""
+    row = [np.random.SeedSequence([seed, generation, r]).generate_state(1)[0]
+           for r in range(rollouts)]
+    return np.tile(np.array(row, np.int64), (popsize, 1))
+
+
+def real_check_due(config: EvolveConfig, generation: int) -> bool:
+    """After `generation` (1-based): every real_eval_every generations, and after the last."""
+    every = config.real_eval_every
+    return bool(every) and (generation % every == 0 or generation == config.generations)
 
 
 def save_state(path: Path, state: EvolveState) -> None:
@@ -146,20 +168,25 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
             best = int(fitness.argmax())
             if fitness[best] > state.best_fitness:
                 state.best_fitness, state.best_params = float(fitness[best]), candidates[best]
+            mean = np.asarray(es.mean, np.float32)
             real_mean = None
-            if config.real_eval_every and (gen + 1) % config.real_eval_every == 0:
+            if real_check_due(config, gen + 1):
                 real_seeds = REAL_EVAL_SEED + np.arange(config.real_eval_episodes)
-                mean_params = np.tile(np.asarray(es.mean, np.float32), (len(real_seeds), 1))
-                real_mean = float(evaluator.returns("real", mean_params, real_seeds,
-                                                    config.tau, config.max_steps).mean())
+                real_mean = float(evaluator.returns(
+                    "real", np.tile(mean, (len(real_seeds), 1)), real_seeds, config.tau,
+                    config.real_eval_max_steps).mean())
+                if real_mean > state.selected_real:
+                    state.selected_params, state.selected_real = mean, real_mean
+                    state.selected_generation = gen + 1
             state.generation, state.es_bytes = gen + 1, es.pickle_dumps()
-            save_params(paths.controller, np.asarray(es.mean))
+            save_params(paths.controller,
+                        mean if state.selected_params is None else state.selected_params)
             save_state(paths.es_state, state)
             seconds = time.perf_counter() - t0
             logger.log(gen + 1, best=fitness.max(), mean=fitness.mean(), worst=fitness.min(),
                        sigma=es.sigma, best_ever=state.best_fitness, seconds=seconds)
             if real_mean is not None:
-                real_logger.log(gen + 1, real_mean=real_mean)
+                real_logger.log(gen + 1, real_mean=real_mean, selected=state.selected_real)
             bar.update(1)
             bar.set_postfix(best=f"{fitness.max():.1f}", mean=f"{fitness.mean():.1f}",
                             sigma=f"{es.sigma:.3f}",
@@ -187,6 +214,9 @@ def cli_evolve(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None:
             setattr(config, name, getattr(args, flag))
     state = evolve(args.run, config, resume=args.resume, address=args.address)
+    chosen = (f"the mean of generation {state.selected_generation} (real check "
+              f"{state.selected_real:.1f})" if state.selected_params is not None
+              else "the last CMA-ES mean")
     print(f"evolve: {state.generation} generations, best fitness {state.best_fitness:.1f}; "
-          f"C (the CMA-ES mean) -> {paths.controller}")
+          f"C ({chosen}) -> {paths.controller}")
     return 0
