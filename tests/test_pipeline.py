@@ -19,17 +19,22 @@ def test_tiny_pipeline_end_to_end_then_skips(tmp_path, ray_session):
     tiny = preset("tiny")
     results = pipeline(run, "tiny", data=data, progress=False)
     paths = RunPaths(run)
-    assert len(list(data.glob("episode_*.npz"))) == tiny.collect.episodes
-    assert len(list(paths.latents.glob("episode_*.npz"))) == tiny.collect.episodes
+    episodes = tiny.collect.episodes + tiny.iterate.episodes
+    assert len(list(data.glob("episode_*.npz"))) == episodes
+    assert len(list(paths.latents.glob("episode_*.npz"))) == episodes
     for made in (paths.vae, paths.mdnrnn, paths.es_state, paths.controller, paths.evaluation):
         assert made.exists(), made
     rows = read_csv(paths.logs / "evolve.csv")
-    assert [r["step"] for r in rows] == list(range(1, tiny.evolve.generations + 1))
+    generations = tiny.evolve.generations + tiny.iterate.iterations * tiny.iterate.generations
+    assert [r["step"] for r in rows] == list(range(1, generations + 1))
+    iterations = read_csv(paths.logs / "iterate.csv")  # the agent's own episodes, then M and C
+    assert [r["step"] for r in iterations] == [1]
+    assert iterations[0]["episodes"] == tiny.collect.episodes + tiny.iterate.episodes
     for policy in ("controller", "random"):
         assert results[policy]["episodes"] == tiny.evaluate.episodes
         assert len(results[policy]["returns"]) == tiny.evaluate.episodes
     svg = (run / "fitness.svg").read_text()
-    assert svg.startswith("<svg") and svg.count("<circle") == 1  # one real-env check (gen 3)
+    assert svg.startswith("<svg") and svg.count("<circle") == 2  # real checks: gens 3 and 4
     dream = iio.imread(paths.videos / "dream.mp4")
     assert dream.shape[1:] == (256, 256, 3)
     # M's done head starts at the data's done rate (none here), so the dream is not ended

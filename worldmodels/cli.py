@@ -145,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=_positive, default=50)
     p.set_defaults(handler="worldmodels.video:cli_dream_video")
 
+    p = sub.add_parser("iterate", help="the agent plays, M learns what it saw, C evolves again")
+    p.add_argument("--run", type=Path, required=True, help="run directory with es.pickle")
+    p.add_argument("--iterations", type=_non_negative, default=None,
+                   help="iterations in all (finished ones are not redone)")
+    p.add_argument("--episodes", type=_positive, default=None, help="real episodes per iteration")
+    p.add_argument("--noise", type=float, default=None,
+                   help="std of the noise on C's parameters in exploring episodes (>= 0)")
+    p.add_argument("--workers", type=_non_negative, default=None, help="0: in-process, no Ray")
+    p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
+    p.add_argument("--data", type=Path, default=None,
+                   help="where the new episodes go (default: the directory V trained on)")
+    p.set_defaults(handler="worldmodels.iterate:cli_iterate")
+
     p = sub.add_parser("pipeline", help="every stage in order, skipping finished ones")
     p.add_argument("--preset", choices=["tiny", "small", "paper"], required=True)
     p.add_argument("--run", type=Path, required=True)

@@ -116,6 +116,26 @@ class EvaluateConfig:
 
 
 @dataclass
+class IterateConfig:
+    iterations: int = 0
+    """Rounds of iterative training after the first evolution (0: none)."""
+    episodes: int = 100
+    """Real episodes the agent plays per iteration (new data for M)."""
+    max_steps: int = 1000
+    """Steps per collected episode: the full length, so M learns the second half too."""
+    noise: float = 0.1
+    """Std of the Gaussian noise added to C's parameters in an exploring episode."""
+    noisy_fraction: float = 0.5
+    """Fraction of each iteration's episodes played with noise (the rest with C itself)."""
+    mdnrnn_epochs: int = 30
+    """More epochs of M per iteration, on all the data."""
+    generations: int = 40
+    """More generations of CMA-ES per iteration, in the new dream."""
+    workers: int = 2
+    """Ray workers that play the episodes; 0 runs in-process without Ray."""
+
+
+@dataclass
 class PipelineConfig:
     preset: str = "small"
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -123,6 +143,7 @@ class PipelineConfig:
     mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    iterate: IterateConfig = field(default_factory=IterateConfig)
 
 
 def _preset_tiny() -> PipelineConfig:
@@ -137,6 +158,8 @@ def _preset_tiny() -> PipelineConfig:
             real_eval_every=3, real_eval_episodes=1, real_eval_max_steps=100,
         ),
         evaluate=EvaluateConfig(episodes=2, max_steps=150, workers=2),
+        iterate=IterateConfig(iterations=1, episodes=2, max_steps=100, mdnrnn_epochs=1,
+                              generations=1, workers=2),
     )
 
 
@@ -202,7 +225,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 def _dataclass_type(cls: type, name: str) -> type | None:
     hints = {"collect": CollectConfig, "vae": VAEConfig, "mdnrnn": MDNRNNConfig,
-             "evolve": EvolveConfig, "evaluate": EvaluateConfig}
+             "evolve": EvolveConfig, "evaluate": EvaluateConfig, "iterate": IterateConfig}
     return hints.get(name) if cls is PipelineConfig else None
 
 

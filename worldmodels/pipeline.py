@@ -1,5 +1,6 @@
-"""Every stage in order: collect -> train-vae -> encode -> train-mdnrnn -> evolve -> evaluate
-(agent and random baseline) -> RUN/fitness.svg and videos.
+"""Every stage in order: collect -> train-vae -> encode -> train-mdnrnn -> evolve -> iterate
+(when the preset has iterations) -> evaluate (agent and random baseline) -> RUN/fitness.svg
+and videos.
 
 A stage whose outputs exist is skipped; one that was interrupted resumes (each stage saves
 after every epoch or generation), so rerunning the same command after Ctrl-C or a crash
@@ -50,6 +51,7 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     from worldmodels.evaluate import evaluate, load_params, record_real_video
     from worldmodels.evolve.cmaes import evolve
     from worldmodels.evolve.workers import ModelBundle, make_evaluator
+    from worldmodels.iterate import iterate
     from worldmodels.plot import fitness_svg
     from worldmodels.train.encode import encode
     from worldmodels.train.mdnrnn import train_mdnrnn
@@ -61,6 +63,7 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     data = Path(data) if data is not None else paths.root / "data"
     if workers is not None:  # for this invocation only; the saved config keeps the preset's
         config.collect.workers = config.evolve.workers = config.evaluate.workers = workers
+        config.iterate.workers = workers
     start = time.perf_counter()
 
     _say(progress, f"collect {config.collect.episodes} episodes -> {data}")
@@ -88,6 +91,12 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
         _say(progress, f"evolve {config.evolve.generations} generations in the "
                        f"{config.evolve.where}")
         evolve(paths.root, config.evolve, resume=True, progress=progress, evaluator=evaluator)
+        if config.iterate.iterations:  # M and C change: the evaluations need fresh workers
+            evaluator.close()
+            _say(progress, f"iterate {config.iterate.iterations} times")
+            iterate(paths.root, config.iterate, data, address=address, progress=progress)
+            evaluator = make_evaluator(ModelBundle.from_run(paths.root),
+                                       config.evaluate.workers, address)
         for policy, out in (("controller", paths.evaluation),
                             ("random", paths.root / "evaluation_random.json")):
             if out.exists() and load_json(out).get("episodes") == config.evaluate.episodes:

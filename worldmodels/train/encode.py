@@ -19,11 +19,13 @@ from worldmodels.train.vae import episode_files, load_vae
 BATCH = 256
 
 
-def encode(run: Path, data: Path, progress: bool = True) -> list[Path]:
-    """Encode the episodes in `data` with the run's V; returns the latents files written."""
+def encode(run: Path, data: Path, progress: bool = True,
+           files: list[Path] | None = None) -> list[Path]:
+    """Encode the episodes in `data` (or just `files`) with the run's V; returns the latents
+    files written."""
     paths = RunPaths(Path(run))
     model, _ = load_vae(paths.root)
-    files = episode_files(Path(data))
+    files = episode_files(Path(data)) if files is None else files
     paths.latents.mkdir(parents=True, exist_ok=True)
     written = []
     bar = tqdm(iter_episodes(files), total=len(files), desc="encode", unit="episode",

@@ -1,0 +1,143 @@
+"""Iterative training on the REAL CarRacing at a tiny size: the agent's episodes are valid
+episode files, a finished iteration is never redone, and a kill at any point then a rerun
+ends exactly where an uninterrupted iteration does."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import worldmodels.iterate as iterate_module
+from worldmodels.cli import main
+from worldmodels.config import (
+    EvolveConfig,
+    IterateConfig,
+    MDNRNNConfig,
+    PipelineConfig,
+    VAEConfig,
+    save_json,
+)
+from worldmodels.data.rollouts import read_episode, validate_dir
+from worldmodels.evolve.cmaes import evolve
+from worldmodels.iterate import AGENT_SEED, episode_plan, iterate
+from worldmodels.logger import read_csv
+from worldmodels.run import RunPaths
+from worldmodels.train.encode import encode
+from worldmodels.train.mdnrnn import train_mdnrnn
+from worldmodels.train.vae import train_vae
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CONFIG = PipelineConfig(
+    preset="tiny",
+    vae=VAEConfig(epochs=1, batch_size=16, max_frames_per_epoch=32),
+    mdnrnn=MDNRNNConfig(hidden_size=16, gaussians=2, epochs=1, seq_len=16, batch_size=4),
+    evolve=EvolveConfig(generations=2, popsize=4, rollouts=1, max_steps=20, workers=0,
+                        real_eval_every=1, real_eval_episodes=1, real_eval_max_steps=20),
+    iterate=IterateConfig(iterations=1, episodes=2, max_steps=25, mdnrnn_epochs=1,
+                          generations=1, workers=0),
+)
+
+
+@pytest.fixture(scope="module")
+def base_run(real_rollouts, tmp_path_factory):
+    """A tiny run with V, M, an evolved C, and its own copy of the data."""
+    root = tmp_path_factory.mktemp("iterate_base")
+    run, data = root / "run", root / "data"
+    shutil.copytree(real_rollouts, data)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    RunPaths(run).root.mkdir()
+    save_json(CONFIG, RunPaths(run).config)
+    train_vae(data, run, CONFIG.vae, progress=False)
+    encode(run, data, progress=False)
+    train_mdnrnn(run, CONFIG.mdnrnn, progress=False)
+    evolve(run, CONFIG.evolve, progress=False)
+    torch.set_num_threads(before)
+    return root
+
+
+def _copy(base_run, tmp_path):
+    shutil.copytree(base_run, tmp_path / "copy")
+    return tmp_path / "copy" / "run", tmp_path / "copy" / "data"
+
+
+def test_episode_plan_seeds_and_noise():
+    plan = episode_plan(IterateConfig(episodes=4, noise=0.2, noisy_fraction=0.5), iteration=2)
+    assert plan == [(AGENT_SEED + 20_000 + j, n) for j, n in enumerate([0.2, 0.2, 0.0, 0.0])]
+
+
+def test_one_iteration_end_to_end_then_nothing_redone(base_run, tmp_path):
+    run, data = _copy(base_run, tmp_path)
+    rows = iterate(run, CONFIG.iterate, data, progress=False)
+    paths = RunPaths(run)
+    assert [r["step"] for r in rows] == [1]
+    assert rows[0]["episodes"] == 3 + 2 and np.isfinite(rows[0]["valid_z_nll"])
+    new = sorted(data.glob(f"episode_{AGENT_SEED // 10**6:02d}*.npz"))
+    assert len(new) == 2 and validate_dir(data)[1] == []
+    first = read_episode(new[0])
+    assert first.policy == "agent:iteration=1:noise=0.1" and len(first) <= 25
+    assert read_episode(new[1]).policy.endswith("noise=0")
+    assert all((paths.latents / f.name).exists() for f in new)
+    assert read_csv(paths.logs / "mdnrnn.csv")[-1]["epoch"] == 2  # M went on: 1 + 1 epochs
+    assert read_csv(paths.logs / "evolve.csv")[-1]["step"] == 3  # C went on: 2 + 1 generations
+    for it in (0, 1):
+        assert (run / "iterations" / f"{it:02d}" / "controller.npy").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in (paths.mdnrnn, paths.controller, paths.es_state)}
+    assert iterate(run, CONFIG.iterate, data, progress=False) == rows  # nothing redone
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+@pytest.mark.parametrize("kill_after", ["collect_one", "train_mdnrnn", "evolve"])
+def test_killed_and_rerun_equals_uninterrupted(base_run, tmp_path, monkeypatch, kill_after):
+    straight, straight_data = _copy(base_run, tmp_path / "a")
+    iterate(straight, CONFIG.iterate, straight_data, progress=False)
+
+    run, data = _copy(base_run, tmp_path / "b")
+    real = {name: getattr(iterate_module, name) for name in ("train_mdnrnn", "evolve")}
+    real_write = iterate_module.write_bytes
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if kill_after == "collect_one":  # the second episode's write is killed
+        calls = []
+
+        def write_then_kill(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real_write(*args, **kwargs)
+        monkeypatch.setattr(iterate_module, "write_bytes", write_then_kill)
+    else:
+        def run_then_kill(*args, **kwargs):
+            real[kill_after](*args, **kwargs)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(iterate_module, kill_after, run_then_kill)
+    with pytest.raises(KeyboardInterrupt):
+        iterate(run, CONFIG.iterate, data, progress=False)
+    monkeypatch.undo()
+    iterate(run, CONFIG.iterate, data, progress=False)
+
+    a, b = RunPaths(straight), RunPaths(run)
+    for name in ("controller.npy", "iterations/01/controller.npy"):
+        np.testing.assert_array_equal(np.load(a.root / name), np.load(b.root / name))
+    wa, wb = torch.load(a.mdnrnn, weights_only=True), torch.load(b.mdnrnn, weights_only=True)
+    for key, tensor in wa["model"].items():
+        assert torch.equal(tensor, wb["model"][key]), key
+    ra, rb = read_csv(a.logs / "iterate.csv"), read_csv(b.logs / "iterate.csv")
+    assert [{k: v for k, v in r.items() if k != "minutes"} for r in ra] == \
+        [{k: v for k, v in r.items() if k != "minutes"} for r in rb]
+
+
+def test_bad_input_is_one_line(base_run, tmp_path, capsys):
+    run, data = _copy(base_run, tmp_path)
+    for flags, named in ((["--noise", "-1"], "--noise"), (["--noise", "nan"], "--noise")):
+        assert main(["iterate", "--run", str(run), "--data", str(data), *flags]) == 2
+        assert named in capsys.readouterr().err
+    (run / "es.pickle").unlink()
+    assert main(["iterate", "--run", str(run)]) == 2
+    assert "worldmodels evolve" in capsys.readouterr().err

@@ -1,0 +1,276 @@
+"""Iterative training (the paper's "Iterative Training Procedure"): the agent improves its own
+world model. M first learns from a random-walk policy that is rarely on the road at speed,
+which is exactly where an evolved C drives; so the agent plays, M learns what it saw, and C
+evolves again in the better dream.
+
+One iteration i (1-based):
+1. collect: `episodes` real episodes with the run's agent (V + M + C), the first
+   `noisy_fraction` of them with Gaussian noise of std `noise` on C's parameters (drawn per
+   episode from its seed), as episode files next to the first rollouts (V's data directory),
+   seeds AGENT_SEED + 10,000 i + j; each file's `policy` names the agent, iteration and noise;
+2. encode only those new episodes with the same V;
+3. continue M from its checkpoint on all the data for `mdnrnn_epochs` more epochs;
+4. continue CMA-ES from its state for `generations` more generations in the new dream. The
+   real checks choose this iteration's agent (C means are only comparable under one M);
+5. snapshot the iteration's agent (M and C, with its real check) in RUN/iterations/NN/ and
+   log a row to RUN/logs/iterate.csv: data, M's held-out NLL, dream fitness, real check.
+When every iteration is done, the snapshot with the best real check (iteration 0 is the
+agent iterate started from) is the run's agent: its M and C are put back in RUN.
+
+Resumable: every step saves as it goes (episodes, epochs, generations), and RUN/iterate.json
+records the finished iterations, so a kill loses at most the episode, epoch or generation in
+flight, and a finished iteration is never redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import shutil
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worldmodels.atomic import write_bytes
+from worldmodels.config import IterateConfig, from_dict, load_json, save_json
+from worldmodels.data.rollouts import Episode, encode_episode, episode_path, list_episodes
+from worldmodels.env.carracing import make_env
+from worldmodels.errors import UserError
+from worldmodels.evaluate import load_params
+from worldmodels.evolve.cmaes import evolve, load_state, save_state
+from worldmodels.evolve.workers import ModelBundle
+from worldmodels.logger import RunLogger, read_csv
+from worldmodels.models.controller import Controller
+from worldmodels.run import RunPaths, load_run_config
+from worldmodels.train.encode import default_data, encode
+from worldmodels.train.mdnrnn import train_mdnrnn
+
+AGENT_SEED = 5_000_000  # agent episodes: away from the data (0+), evaluation and selection seeds
+FILES = ("mdnrnn.pt", "mdnrnn.json", "controller.npy")  # one snapshot of the agent
+
+
+@dataclass
+class IterateState:
+    completed: int = 0  # iterations finished
+    evolving: bool = False  # the iteration in progress has started its evolution
+
+
+def check(config: IterateConfig) -> None:
+    if config.iterations < 0 or config.episodes < 1:
+        raise UserError(f"iterate needs iterations >= 0 and episodes >= 1, got "
+                        f"{config.iterations} and {config.episodes}")
+    if not (config.noise >= 0 and math.isfinite(config.noise)):
+        raise UserError(f"--noise must be finite and >= 0, got {config.noise}")
+    if not 0 <= config.noisy_fraction <= 1:
+        raise UserError(f"iterate.noisy_fraction must be in [0, 1], got {config.noisy_fraction}")
+
+
+def episode_plan(config: IterateConfig, iteration: int) -> list[tuple[int, float]]:
+    """(seed, noise) of each episode of an iteration."""
+    noisy = round(config.episodes * config.noisy_fraction)
+    return [(AGENT_SEED + 10_000 * iteration + j, config.noise if j < noisy else 0.0)
+            for j in range(config.episodes)]
+
+
+@torch.inference_mode()
+def agent_episode(env, bundle_models: tuple, params: np.ndarray, seed: int, noise: float,
+                  label: str) -> Episode:
+    """One real episode of C(params + noise) on V and M, recorded as an episode file's data.
+    `done` is termination only, as in every episode file."""
+    vae, mdnrnn = bundle_models
+    c = mdnrnn.config
+    rng = np.random.default_rng(seed)
+    noisy = params + noise * rng.standard_normal(params.shape).astype(np.float32)
+    controller = Controller(noisy, c.z_size, c.hidden_size)
+    generator = torch.Generator().manual_seed(seed)
+    obs, _ = env.reset(seed=seed)
+    state = mdnrnn.initial_state(1)
+    frames, actions, rewards = [], [], []
+    terminated = truncated = False
+    while not (terminated or truncated):
+        mu, logvar = vae.encode(torch.from_numpy(np.array(obs[None])))
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator)
+        action = controller.act(z, state[0])
+        frames.append(obs)
+        actions.append(action[0].numpy())
+        obs, reward, terminated, truncated, _ = env.step(action[0].numpy())
+        rewards.append(reward)
+        state = mdnrnn.step(z, action, state)
+    done = np.zeros(len(actions), bool)
+    done[-1] = terminated
+    return Episode(np.stack(frames), np.stack(actions).astype(np.float32),
+                   np.asarray(rewards, np.float32), done, seed, label)
+
+
+class AgentPlayer:
+    """Holds V, M and one env; plays episodes of the agent and returns them compressed."""
+
+    def __init__(self, bundle: ModelBundle, max_steps: int, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.models = (bundle.vae(), bundle.mdnrnn())
+        self.env = make_env(max_steps=max_steps)
+
+    def run(self, params: np.ndarray, seed: int, noise: float, label: str):
+        episode = agent_episode(self.env, self.models, params, seed, noise, label)
+        return seed, encode_episode(episode), len(episode)
+
+
+def collect_agent(run: Path, data: Path, config: IterateConfig, iteration: int,
+                  address: str | None, progress: bool) -> list[Path]:
+    """Play the iteration's missing episodes into `data`; returns all its episode files."""
+    plan = episode_plan(config, iteration)
+    files = [episode_path(data, seed) for seed, _ in plan]
+    todo = deque((s, n) for s, n in plan if not episode_path(data, s).exists())
+    if not todo:
+        return files
+    bundle, params = ModelBundle.from_run(run), load_params(RunPaths(run))
+    bar = tqdm(total=len(todo), desc=f"iterate {iteration}: collect", unit="ep",
+               disable=not progress)
+
+    def label(noise: float) -> str:
+        return f"agent:iteration={iteration}:noise={noise:g}"
+
+    try:
+        if config.workers == 0:
+            player = AgentPlayer(bundle, config.max_steps)
+            for seed, noise in todo:
+                _, data_bytes, _ = player.run(params, seed, noise, label(noise))
+                write_bytes(episode_path(data, seed), data_bytes)
+                bar.update(1)
+            return files
+        import ray
+
+        from worldmodels.ray_session import ensure_ray
+
+        ensure_ray(address, config.workers)
+        actor_cls = ray.remote(num_cpus=1)(AgentPlayer)
+        bundle_ref = ray.put(bundle)
+        actors = [actor_cls.remote(bundle_ref, config.max_steps, threads=1)
+                  for _ in range(min(config.workers, len(todo)))]
+        pending = {}
+        try:
+            for actor in actors * 2:  # two in flight per actor
+                if todo:
+                    seed, noise = todo.popleft()
+                    pending[actor.run.remote(params, seed, noise, label(noise))] = actor
+            while pending:
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                actor = pending.pop(ref)
+                seed, data_bytes, _ = ray.get(ref)
+                write_bytes(episode_path(data, seed), data_bytes)
+                bar.update(1)
+                if todo:
+                    seed, noise = todo.popleft()
+                    pending[actor.run.remote(params, seed, noise, label(noise))] = actor
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+    finally:
+        bar.close()
+    return files
+
+
+def _steps(path: Path) -> int:
+    with np.load(path, allow_pickle=False) as f:
+        return len(f["reward"])
+
+
+def snapshot(paths: RunPaths, iteration: int, real: float) -> None:
+    out = paths.root / "iterations" / f"{iteration:02d}"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        shutil.copy2(paths.root / name, out / name)
+    save_json({"iteration": iteration, "real_check": real}, out / "agent.json")
+
+
+def best_snapshot(paths: RunPaths) -> tuple[int, float]:
+    scores = [(load_json(d / "agent.json")["real_check"], int(d.name))
+              for d in sorted((paths.root / "iterations").iterdir()) if (d / "agent.json").exists()]
+    real, iteration = max(scores, key=lambda s: (s[0], s[1]))
+    return iteration, real
+
+
+def iterate(run: Path, config: IterateConfig, data: Path | None = None,
+            address: str | None = None, progress: bool = True) -> list[dict]:
+    """Run (or continue) `config.iterations` iterations, writing the agent's episodes into
+    `data` (default: the directory V was trained on); returns the iterate.csv rows."""
+    check(config)
+    paths = RunPaths(Path(run))
+    for path, made_by in ((paths.vae, "train-vae"), (paths.mdnrnn, "train-mdnrnn"),
+                          (paths.es_state, "evolve"), (paths.controller, "evolve")):
+        paths.require(path, made_by)
+    run_config = load_run_config(paths)
+    if not run_config.evolve.real_eval_every:
+        raise UserError(f"{paths.config}: iterate chooses agents by real checks; set "
+                        "evolve.real_eval_every > 0")
+    data = Path(data) if data is not None else default_data(paths.root)
+    state_path = paths.root / "iterate.json"
+    state = from_dict(IterateState, load_json(state_path)) if state_path.exists() \
+        else IterateState()
+    if not (paths.root / "iterations" / "00").exists():
+        snapshot(paths, 0, load_state(paths.es_state).selected_real)
+    logger = RunLogger(paths.logs, "iterate")
+    try:
+        for it in range(state.completed + 1, config.iterations + 1):
+            t0 = time.perf_counter()
+            files = collect_agent(paths.root, data, config, it, address, progress)
+            unencoded = [f for f in files if not (paths.latents / f.name).exists()]
+            if unencoded:
+                encode(paths.root, data, progress=progress, files=unencoded)
+            m_config = dataclasses.replace(
+                run_config.mdnrnn, epochs=run_config.mdnrnn.epochs + it * config.mdnrnn_epochs)
+            train_mdnrnn(paths.root, m_config, resume=True, progress=progress)
+            if not state.evolving:  # M changed: earlier real checks were of other agents
+                es_state = load_state(paths.es_state)
+                es_state.selected_params, es_state.selected_real = None, -np.inf
+                save_state(paths.es_state, es_state)
+                state.evolving = True
+                save_json(asdict(state), state_path)
+            e_config = dataclasses.replace(
+                run_config.evolve, workers=config.workers,
+                generations=run_config.evolve.generations + it * config.generations)
+            es_state = evolve(paths.root, e_config, resume=True, address=address,
+                              progress=progress)
+            snapshot(paths, it, es_state.selected_real)
+            m_row = read_csv(paths.logs / "mdnrnn.csv")[-1]
+            e_row = read_csv(paths.logs / "evolve.csv")[-1]
+            episodes = list_episodes(data)
+            logger.log(it, episodes=len(episodes), frames=sum(_steps(f) for f in episodes),
+                       valid_z_nll=m_row["valid_z_nll"], dream_fitness=e_row["mean"],
+                       real_check=es_state.selected_real,
+                       minutes=(time.perf_counter() - t0) / 60)
+            state = IterateState(completed=it, evolving=False)
+            save_json(asdict(state), state_path)
+    finally:
+        logger.close()
+    best, real = best_snapshot(paths)
+    for name in FILES:  # the agent with the best real check is the run's agent
+        chosen = paths.root / "iterations" / f"{best:02d}" / name
+        if chosen.read_bytes() != (paths.root / name).read_bytes():
+            shutil.copy2(chosen, paths.root / name)
+    if progress:
+        tqdm.write(f"iterate: the agent of iteration {best} (real check {real:.1f}) is the "
+                   f"run's agent")
+    return read_csv(paths.logs / "iterate.csv") if (paths.logs / "iterate.csv").exists() else []
+
+
+def cli_iterate(args: argparse.Namespace) -> int:
+    paths = RunPaths(args.run)
+    paths.require(paths.es_state, "evolve")
+    config = load_run_config(paths).iterate
+    for name in ("iterations", "episodes", "noise", "workers"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    rows = iterate(args.run, config, args.data, address=args.address)
+    for row in rows:
+        print(f"iteration {int(row['step'])}: {int(row['episodes'])} episodes, M held-out NLL "
+              f"{row['valid_z_nll']:.2f}, dream fitness {row['dream_fitness']:.1f}, real check "
+              f"{row['real_check']:.1f}")
+    return 0
