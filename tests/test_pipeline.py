@@ -54,3 +54,18 @@ def test_tiny_pipeline_end_to_end_then_skips(tmp_path, ray_session):
 
     with pytest.raises(UserError, match="made with --preset tiny"):
         pipeline(run, "small", data=data, progress=False)
+
+
+def test_run_seed_derives_every_stage_seed_and_is_kept(tmp_path):
+    from worldmodels.pipeline import run_config
+
+    paths = RunPaths(tmp_path / "run")
+    config = run_config(paths, "tiny", seed=3)
+    assert (config.seed, config.collect.seed) == (3, 30_000)
+    assert config.vae.seed == config.mdnrnn.seed == config.evolve.seed == 3
+    assert config.evaluate.seed == preset("tiny").evaluate.seed  # same evaluation episodes
+    assert run_config(paths, "tiny").seed == 3  # saved with the run
+    with pytest.raises(UserError, match="--seed 3, not 4"):
+        run_config(paths, "tiny", seed=4)
+    with pytest.raises(UserError, match="--seed"):
+        run_config(RunPaths(tmp_path / "other"), "tiny", seed=100)

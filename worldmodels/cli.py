@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_non_negative, default=None,
                    help="Ray workers for every stage (default: the preset's); 0: no Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
+    p.add_argument("--seed", type=_non_negative, default=None,
+                   help="run seed (new runs; default 0): every stage's seed derives from it")
     p.set_defaults(handler="worldmodels.pipeline:cli_pipeline")
 
     return parser

@@ -138,6 +138,8 @@ class IterateConfig:
 @dataclass
 class PipelineConfig:
     preset: str = "small"
+    seed: int = 0
+    """The run's seed (`pipeline --seed`): every stage's seed derives from it (`with_seed`)."""
     collect: CollectConfig = field(default_factory=CollectConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
@@ -196,6 +198,21 @@ def _preset_paper() -> PipelineConfig:
         ),
         evaluate=EvaluateConfig(episodes=100, max_steps=1000, workers=64),
     )
+
+
+COLLECT_SEEDS_PER_RUN = 10_000  # collection seeds of run seed S: 10,000 S + i (< 1,000,000)
+
+
+def with_seed(config: PipelineConfig, seed: int) -> PipelineConfig:
+    """`config` for run seed `seed`: its own collection seeds, V and M initialisation and
+    shuffling, and CMA-ES; the evaluation seeds stay the same, so runs are compared on the
+    same real episodes."""
+    if not 0 <= seed < 1_000_000 // COLLECT_SEEDS_PER_RUN:
+        raise UserError(f"--seed must be in [0, {1_000_000 // COLLECT_SEEDS_PER_RUN}), got {seed}")
+    config.seed = seed
+    config.collect.seed = COLLECT_SEEDS_PER_RUN * seed
+    config.vae.seed = config.mdnrnn.seed = config.evolve.seed = seed
+    return config
 
 
 PRESETS = {"tiny": _preset_tiny, "small": _preset_small, "paper": _preset_paper}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from worldmodels.config import PipelineConfig, load_json, preset
+from worldmodels.config import PipelineConfig, load_json, preset, with_seed
 from worldmodels.errors import UserError
 from worldmodels.run import RunPaths, load_run_config
 
@@ -25,15 +25,18 @@ def _say(progress: bool, text: str) -> None:
         tqdm.write(f"pipeline: {text}")
 
 
-def run_config(paths: RunPaths, preset_name: str) -> PipelineConfig:
-    """The run's saved config, made from the preset on first use; refuses a run of another
-    preset (its stages would silently mix sizes)."""
+def run_config(paths: RunPaths, preset_name: str, seed: int | None = None) -> PipelineConfig:
+    """The run's saved config, made from the preset (and `seed`) on first use; refuses a run
+    of another preset or seed (its stages would silently mix them)."""
     if paths.config.exists():
-        saved = load_json(paths.config).get("preset")
-        if saved != preset_name:
-            raise UserError(f"{paths.config}: this run was made with --preset {saved}, "
-                            f"not {preset_name}; choose another --run")
-    return load_run_config(paths, default=preset(preset_name))
+        saved = load_json(paths.config)
+        if saved.get("preset") != preset_name:
+            raise UserError(f"{paths.config}: this run was made with --preset "
+                            f"{saved.get('preset')}, not {preset_name}; choose another --run")
+        if seed is not None and saved.get("seed", 0) != seed:
+            raise UserError(f"{paths.config}: this run was made with --seed "
+                            f"{saved.get('seed', 0)}, not {seed}; choose another --run")
+    return load_run_config(paths, default=with_seed(preset(preset_name), seed or 0))
 
 
 def latents_fresh(paths: RunPaths, episodes: list[Path]) -> bool:
@@ -45,8 +48,10 @@ def latents_fresh(paths: RunPaths, episodes: list[Path]) -> bool:
 
 
 def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int | None = None,
-             address: str | None = None, progress: bool = True) -> dict:
-    """Run (or continue) every stage; returns the agent's evaluation and the baseline's."""
+             address: str | None = None, progress: bool = True,
+             seed: int | None = None) -> dict:
+    """Run (or continue) every stage; returns the agent's evaluation and the baseline's.
+    `seed` (a new run's; default 0) makes an independent run of the same preset."""
     from worldmodels.data.collect import collect
     from worldmodels.evaluate import evaluate, load_params, record_real_video
     from worldmodels.evolve.cmaes import evolve
@@ -59,7 +64,7 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     from worldmodels.video import dream_frames, write_video
 
     paths = RunPaths(Path(run))
-    config = run_config(paths, preset_name)
+    config = run_config(paths, preset_name, seed)
     data = Path(data) if data is not None else paths.root / "data"
     if workers is not None:  # for this invocation only; the saved config keeps the preset's
         config.collect.workers = config.evolve.workers = config.evaluate.workers = workers
@@ -128,7 +133,8 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
 
 
 def cli_pipeline(args: argparse.Namespace) -> int:
-    results = pipeline(args.run, args.preset, args.data, args.workers, args.address)
+    results = pipeline(args.run, args.preset, args.data, args.workers, args.address,
+                       seed=args.seed)
     agent, baseline = results["controller"], results["random"]
     print(f"pipeline: agent {agent['mean']:.1f} +- {agent['std']:.1f}, random "
           f"{baseline['mean']:.1f} +- {baseline['std']:.1f} ({agent['episodes']} real "
