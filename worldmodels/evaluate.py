@@ -108,6 +108,7 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
     if config.episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {config.episodes}")
     paths = RunPaths(Path(run))
+    paths.writable()  # before the episodes: their scores must not be lost to a failed write
     bundle = ModelBundle.from_run(paths.root)
     params = load_params(paths) if policy == "controller" else None
     if params is not None and params.shape != (bundle.param_count,):

@@ -57,6 +57,7 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     from worldmodels.video import dream_frames, write_video
 
     paths = RunPaths(Path(run))
+    paths.writable()
     config = run_config(paths, preset_name)
     data = Path(data) if data is not None else paths.root / "data"
     if workers is not None:  # for this invocation only; the saved config keeps the preset's

@@ -35,6 +35,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 50,
         raise UserError(f"{path}: video must end in {' or '.join(SUFFIXES)}")
     if not frames:
         raise UserError(f"{path}: no frames to write")
+    atomic.writable_dir(path.parent, "--out")
     # Even sizes: H.264 in yuv420p needs them.
     stack = np.stack([upscale(f, scale) for f in frames])
     stack = stack[:, : stack.shape[1] // 2 * 2, : stack.shape[2] // 2 * 2]

@@ -96,6 +96,7 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
 
     validate(config)
     paths = RunPaths(Path(run))
+    paths.writable()
     bundle = ModelBundle.from_run(paths.root)  # one line if V, M or latents are missing
     n_params = bundle.param_count
     if paths.es_state.exists() and not resume:

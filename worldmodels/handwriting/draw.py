@@ -109,6 +109,7 @@ def save_picture(panels: list[tuple[str, list[np.ndarray]]], path: Path, columns
     if suffix not in (".svg", ".png"):
         raise UserError(f"{path}: output must end in .svg or .png")
     picture = layout(panels, columns)
+    atomic.writable_dir(path.parent, "--out")
     with atomic.replacing(path) as tmp:
         if suffix == ".svg":
             tmp.write_text(to_svg(picture))

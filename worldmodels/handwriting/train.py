@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from worldmodels import checkpoint
+from worldmodels.atomic import writable_dir
 from worldmodels.errors import UserError
 from worldmodels.handwriting.data import (
     DEFAULT_DATA,
@@ -79,7 +80,7 @@ def evaluate(model: HandwritingModel, drawings: list[np.ndarray], batch_size: in
 def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False,
           allow_pickle: bool = False, progress: bool = True) -> dict[str, float]:
     """Train (or resume) the model in `run`; returns the final train and valid NLL."""
-    run = Path(run)
+    run = writable_dir(Path(run), "--run")
     ckpt = checkpoint_path(run)
     payload: dict = {}
     if resume and ckpt.exists():

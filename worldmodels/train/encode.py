@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from worldmodels.atomic import writable_dir
 from worldmodels.data.latents import Latents, write_latents
 from worldmodels.data.rollouts import iter_episodes
 from worldmodels.errors import UserError
@@ -24,7 +25,7 @@ def encode(run: Path, data: Path, progress: bool = True) -> list[Path]:
     paths = RunPaths(Path(run))
     model, _ = load_vae(paths.root)
     files = episode_files(Path(data))
-    paths.latents.mkdir(parents=True, exist_ok=True)
+    writable_dir(paths.latents, "--run")
     written = []
     bar = tqdm(iter_episodes(files), total=len(files), desc="encode", unit="episode",
                disable=not progress)

@@ -113,6 +113,7 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
                  progress: bool = True) -> None:
     """Train (or with `resume`, continue) M of `run` on RUN/latents (made by `encode`)."""
     paths = RunPaths(Path(run))
+    paths.writable()
     paths.require(paths.vae, "train-vae")
     paths.require(paths.latents, "encode")
     files = list_latents(paths.latents)

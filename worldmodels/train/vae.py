@@ -90,6 +90,7 @@ def train_vae(data: Path, run: Path, config: VAEConfig, resume: bool = False,
               progress: bool = True) -> None:
     """Train (or with `resume`, continue) V of `run` on the episodes in `data`."""
     data, paths = Path(data), RunPaths(Path(run))
+    paths.writable()
     ckpt = paths.vae
     payload: dict = {}
     if ckpt.exists() and not resume:
