@@ -23,6 +23,7 @@ from worldmodels.errors import UserError
 from worldmodels.models.controller import Controller
 from worldmodels.models.mdnrnn import MDNRNN
 from worldmodels.models.vae import ConvVAE
+from worldmodels.npfiles import read_npy
 from worldmodels.run import RunPaths, load_run_config
 
 POLICIES = ("controller", "random")
@@ -82,10 +83,10 @@ def real_episode(env, vae: ConvVAE, mdnrnn: MDNRNN, params: np.ndarray | None, s
 
 def load_params(paths: RunPaths) -> np.ndarray:
     paths.require(paths.controller, "evolve")
-    try:
-        params = np.load(paths.controller, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{paths.controller}: not a readable .npy ({err})") from None
+    params = read_npy(paths.controller)
+    if not np.issubdtype(params.dtype, np.floating) or not np.isfinite(params).all():
+        raise UserError(f"{paths.controller}: expected finite floats, got {params.dtype} "
+                        "values that are not")
     return params.astype(np.float32)
 
 
