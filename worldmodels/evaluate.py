@@ -107,7 +107,8 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
     if policy not in POLICIES:
         raise UserError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
     if config.episodes < 1:
-        raise UserError(f"--episodes must be >= 1, got {config.episodes}")
+        raise UserError(f"evaluate.episodes (config.json or --episodes) must be >= 1, got "
+                        f"{config.episodes}")
     paths = RunPaths(Path(run))
     paths.writable()  # before the episodes: their scores must not be lost to a failed write
     bundle = ModelBundle.from_run(paths.root)

@@ -28,7 +28,7 @@ def run_config(paths: RunPaths, preset_name: str) -> PipelineConfig:
     """The run's saved config, made from the preset on first use; refuses a run of another
     preset (its stages would silently mix sizes)."""
     if paths.config.exists():
-        saved = load_json(paths.config).get("preset")
+        saved = load_run_config(paths).preset  # checks the file's keys and types first
         if saved != preset_name:
             raise UserError(f"{paths.config}: this run was made with --preset {saved}, "
                             f"not {preset_name}; choose another --run")

@@ -66,7 +66,7 @@ class RunPaths:
 def load_run_config(paths: RunPaths, default: PipelineConfig | None = None) -> PipelineConfig:
     """The run's saved config; if there is none yet, `default` (saved) or the `small` preset."""
     if paths.config.exists():
-        return from_dict(PipelineConfig, load_json(paths.config))
+        return from_dict(PipelineConfig, load_json(paths.config), str(paths.config))
     config = default or PipelineConfig()
     paths.writable()
     save_json(config, paths.config)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from worldmodels import atomic
 from worldmodels.config import EvolveConfig, from_dict
-from worldmodels.errors import UserError
+from worldmodels.errors import UserError, require_finite
 from worldmodels.logger import RunLogger
 from worldmodels.run import RunPaths, load_run_config
 
@@ -47,17 +47,18 @@ class EvolveState:
 
 
 def validate(config: EvolveConfig) -> None:
+    # Named as config keys too: the value may come from RUN/config.json, not from a flag.
     if config.where not in ("dream", "real"):
-        raise UserError(f"--in must be dream or real, got {config.where!r}")
-    if not config.tau > 0:
-        raise UserError(f"--tau must be > 0, got {config.tau}")
+        raise UserError(f"evolve.where (config.json or --in) must be dream or real, got "
+                        f"{config.where!r}")
+    require_finite("evolve.tau (config.json or --tau)", config.tau, above=0)
     if config.popsize < 2:
-        raise UserError(f"--popsize must be >= 2 (CMA-ES needs a population), got "
-                        f"{config.popsize}")
+        raise UserError(f"evolve.popsize (config.json or --popsize) must be >= 2 (CMA-ES "
+                        f"needs a population), got {config.popsize}")
     if config.rollouts < 1 or config.generations < 1 or config.max_steps < 1:
-        raise UserError("--rollouts, --generations and max_steps must be >= 1")
-    if not config.sigma0 > 0:
-        raise UserError(f"sigma0 must be > 0, got {config.sigma0}")
+        raise UserError("evolve.rollouts, generations and max_steps (config.json or flags) "
+                        "must be >= 1")
+    require_finite("evolve.sigma0 (config.json)", config.sigma0, above=0)
 
 
 def rollout_seeds(seed: int, generation: int, popsize: int, rollouts: int) -> np.ndarray:
