@@ -6,8 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import pytest
+from fake_run import make_run
 
-from tests.fake_run import make_run
 from worldmodels.cli import main
 from worldmodels.config import PipelineConfig, from_dict, preset
 from worldmodels.errors import UserError
