@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 import time
@@ -13,6 +14,7 @@ from fake_run import make_run
 from worldmodels.cli import main
 from worldmodels.config import EvolveConfig
 from worldmodels.errors import UserError
+from worldmodels.evolve import safe_pickle
 from worldmodels.evolve.cmaes import evolve, load_state, rollout_seeds
 from worldmodels.evolve.workers import ModelBundle, RayEvaluator, SerialEvaluator
 from worldmodels.logger import read_csv
@@ -140,3 +142,53 @@ def test_missing_models_are_one_line_errors(tmp_path, capsys):
     RunPaths(run).mdnrnn.unlink()
     assert main(["evolve", "--run", str(run), "--workers", "0"]) == 2
     assert "mdnrnn.pt: missing" in capsys.readouterr().err
+
+
+class RunsCode:
+    """A pickle that would run a shell command when loaded (os.system via __reduce__)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_es_pickle_garbage_and_code_are_one_line_and_nothing_runs(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    es_state = RunPaths(run).es_state
+    args = ["evolve", "--run", str(run), "--workers", "0", "--resume", "--generations", "2"]
+    es_state.write_bytes(b"\x80\x04K\x01garbage, not a pickle")  # `invalid literal for int()`
+    assert main(args) == 2
+    assert "not a readable CMA-ES state" in capsys.readouterr().err
+
+    marker = tmp_path / "pwned"
+    es_state.write_bytes(pickle.dumps(RunsCode(marker)))
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "refusing to load" in err and "system" in err and len(err.splitlines()) == 1
+    assert not marker.exists()
+
+    # The inner es_bytes (cma's pickle_dumps()) go through the same unpickler.
+    es_state.unlink()
+    evolve(run, _config(generations=1), progress=False)
+    raw = pickle.loads(es_state.read_bytes())
+    raw["es_bytes"] = pickle.dumps(RunsCode(marker))
+    es_state.write_bytes(pickle.dumps(raw))
+    assert main(args) == 2
+    assert "refusing to load" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+
+class GetsAttribute:
+    def __reduce__(self):
+        return (getattr, (1, "real"))
+
+
+def test_getattr_is_allowed_only_on_a_random_state():
+    # A general getattr reaches any module through a function's __globals__.
+    with pytest.raises(safe_pickle.UnsafePickleError, match="getattr"):
+        safe_pickle.loads(pickle.dumps(GetsAttribute()))
+    rng = np.random.RandomState(0)
+    assert safe_pickle.loads(pickle.dumps(rng.randn))(2).shape == (2,)

@@ -19,11 +19,13 @@ RUN/logs/evolve_real.csv (the CMA-ES mean scored in the real env every N generat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pickle
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -31,6 +33,7 @@ from tqdm import tqdm
 from worldmodels import atomic
 from worldmodels.config import EvolveConfig, from_dict
 from worldmodels.errors import UserError, require_finite
+from worldmodels.evolve import safe_pickle
 from worldmodels.logger import RunLogger
 from worldmodels.run import RunPaths, load_run_config
 
@@ -71,13 +74,39 @@ def save_state(path: Path, state: EvolveState) -> None:
     atomic.write_bytes(path, pickle.dumps(asdict(state)))
 
 
-def load_state(path: Path) -> EvolveState:
-    # Unpickling: cma's own state is a pickle (DESIGN.md); this file is written by us, in the run.
+def _unpickle(path: Path, data: bytes) -> Any:
+    """Restricted unpickling (safe_pickle): a run directory from elsewhere runs no code."""
     try:
-        with path.open("rb") as f:
-            return EvolveState(**pickle.load(f))
-    except (OSError, EOFError, pickle.UnpicklingError, TypeError, AttributeError) as err:
+        return safe_pickle.loads(data)
+    except safe_pickle.UnsafePickleError as err:
+        raise UserError(f"{path}: not loaded, it is not a plain CMA-ES state ({err})") from None
+    except Exception as err:  # garbage raises anything: ValueError, EOFError, KeyError, ...
         raise UserError(f"{path}: not a readable CMA-ES state ({type(err).__name__})") from None
+
+
+def load_state(path: Path) -> EvolveState:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or type(err).__name__})") from None
+    raw = _unpickle(path, data)
+    names = {f.name for f in dataclasses.fields(EvolveState)}
+    if not isinstance(raw, dict) or set(raw) != names:
+        raise UserError(f"{path}: not a CMA-ES state of this package (expected keys "
+                        f"{sorted(names)})")
+    state = EvolveState(**raw)
+    if (not isinstance(state.es_bytes, bytes) or not isinstance(state.generation, int)
+            or not isinstance(state.config, dict)):
+        raise UserError(f"{path}: not a CMA-ES state of this package (fields of the wrong type)")
+    return state
+
+
+def load_es(path: Path, state: EvolveState) -> Any:
+    """cma's CMAEvolutionStrategy from the state's `pickle_dumps()` bytes."""
+    es = _unpickle(path, state.es_bytes)
+    if type(es).__name__ != "CMAEvolutionStrategy":
+        raise UserError(f"{path}: es_bytes hold a {type(es).__name__}, not a CMA-ES state")
+    return es
 
 
 def save_params(path: Path, params: np.ndarray) -> None:
@@ -105,13 +134,13 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
                         "another --run")
     if resume and paths.es_state.exists():
         state = load_state(paths.es_state)
-        saved = from_dict(EvolveConfig, state.config)
+        saved = from_dict(EvolveConfig, state.config, str(paths.es_state))
         if config.popsize != saved.popsize:
             raise UserError(f"{paths.es_state}: this run evolves a population of "
                             f"{saved.popsize}; it cannot resume with --popsize {config.popsize}")
         config.seed, config.sigma0 = saved.seed, saved.sigma0  # they belong to the CMA-ES state
         state.config = asdict(config)
-        es = pickle.loads(state.es_bytes)
+        es = load_es(paths.es_state, state)
     else:
         es = cma.CMAEvolutionStrategy(np.zeros(n_params), config.sigma0, {
             "popsize": config.popsize, "seed": config.seed + 1, "verbose": -9,
@@ -180,7 +209,7 @@ def cli_evolve(args: argparse.Namespace) -> int:
     paths.require(paths.vae, "train-vae")
     paths.require(paths.mdnrnn, "train-mdnrnn")
     if args.resume and paths.es_state.exists():  # resume with the settings it was started with
-        config = from_dict(EvolveConfig, load_state(paths.es_state).config)
+        config = from_dict(EvolveConfig, load_state(paths.es_state).config, str(paths.es_state))
     else:
         config = load_run_config(paths).evolve
     for flag, name in (("where", "where"), ("generations", "generations"),
