@@ -28,6 +28,7 @@ from worldmodels.data.rollouts import (
     write_episode,
 )
 from worldmodels.errors import UserError
+from worldmodels.progress import progress_bar
 
 TASKS_PER_WORKER = 2  # one running, one queued: a worker never waits for the driver
 
@@ -96,7 +97,7 @@ def collect(
         from worldmodels.ray_session import ensure_ray
 
         ensure_ray(address, config.workers)  # before the bar: a bad address is one clean line
-    bar = tqdm(total=len(missing), unit="ep", desc="collect", disable=not progress)
+    bar = progress_bar(total=len(missing), unit="ep", desc="collect", disable=not progress)
     try:
         if config.workers == 0:
             _collect_serial(out, config, missing, bar)

@@ -35,6 +35,7 @@ from worldmodels.config import EvolveConfig, from_dict
 from worldmodels.errors import UserError, require_finite
 from worldmodels.evolve import safe_pickle
 from worldmodels.logger import RunLogger
+from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
 
 REAL_EVAL_SEED = 2_000_000  # the periodic real-env check uses the same episodes every time
@@ -161,8 +162,8 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
         evaluator = make_evaluator(bundle, config.workers, address)
     logger = RunLogger(paths.logs, "evolve")
     real_logger = RunLogger(paths.logs, "evolve_real")
-    bar = tqdm(total=config.generations, initial=state.generation, desc=f"evolve ({config.where})",
-               unit="gen", disable=not progress)
+    bar = progress_bar(total=config.generations, initial=state.generation, unit="gen",
+                       desc=f"evolve ({config.where})", disable=not progress)
     try:
         for gen in range(state.generation, config.generations):
             t0 = time.perf_counter()

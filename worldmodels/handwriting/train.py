@@ -29,6 +29,7 @@ from worldmodels.handwriting.data import (
 )
 from worldmodels.handwriting.model import HandwritingConfig, HandwritingModel
 from worldmodels.logger import RunLogger
+from worldmodels.progress import progress_bar
 
 KIND = "handwriting"
 EXAMPLES = 64  # validation drawings kept in the checkpoint, in data units
@@ -121,10 +122,10 @@ def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False
             model.train()
             rng = np.random.default_rng(config.seed * 1000 + epoch)  # resumable shuffling
             total, points, t0 = 0.0, 0, time.perf_counter()
-            bar = tqdm(iter_batches(train_set, config.batch_size, rng),
-                       total=batch_count(len(train_set), config.batch_size),
-                       desc=f"handwriting epoch {epoch + 1}/{config.epochs}",
-                       disable=not progress, leave=False)
+            bar = progress_bar(iter_batches(train_set, config.batch_size, rng),
+                               total=batch_count(len(train_set), config.batch_size),
+                               desc=f"handwriting epoch {epoch + 1}/{config.epochs}",
+                               disable=not progress, leave=False)
             for batch in bar:
                 loss = model.loss(batch)
                 optimizer.zero_grad()

@@ -31,6 +31,7 @@ from worldmodels.data.rollouts import split_holdout
 from worldmodels.errors import UserError
 from worldmodels.logger import RunLogger
 from worldmodels.models.mdnrnn import MDNRNN
+from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
 
 EVAL_SEED = 12_345  # fixed z samples for the held-out set: comparable across epochs
@@ -182,7 +183,7 @@ def _train_epoch(model: MDNRNN, optimizer: torch.optim.Optimizer, train_set: Seq
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     names = ("loss", "z_nll", "reward_mse", "done_bce")
     sums, n_batches = np.zeros(len(names)), 0
-    bar = tqdm(train_set.epoch(config.batch_size, rng),
+    bar = progress_bar(train_set.epoch(config.batch_size, rng),
                total=train_set.batches_per_epoch(config.batch_size),
                desc=f"train-mdnrnn epoch {epoch + 1}/{config.epochs}", unit="batch",
                disable=not progress, leave=False)

@@ -26,6 +26,7 @@ from worldmodels.data.rollouts import list_episodes, split_holdout
 from worldmodels.errors import UserError
 from worldmodels.logger import RunLogger
 from worldmodels.models.vae import ConvVAE
+from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
 
 PNG_FRAMES = 8
@@ -124,8 +125,8 @@ def train_vae(data: Path, run: Path, config: VAEConfig, resume: bool = False,
                                     seed, config.max_frames_per_epoch)
             totals = np.zeros(3)
             frames_seen, t0 = 0, time.perf_counter()
-            bar = tqdm(batches, desc=f"train-vae epoch {epoch + 1}/{config.epochs}",
-                       unit="batch", disable=not progress, leave=False)
+            bar = progress_bar(batches, desc=f"train-vae epoch {epoch + 1}/{config.epochs}",
+                               unit="batch", disable=not progress, leave=False)
             for frames in bar:
                 loss, rec, kl = model.loss(torch.from_numpy(frames))
                 optimizer.zero_grad(set_to_none=True)
