@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +16,7 @@ from fake_run import make_run
 from worldmodels.cli import main
 from worldmodels.config import EvolveConfig
 from worldmodels.errors import UserError
-from worldmodels.evolve import safe_pickle
+from worldmodels.evolve import cmaes, safe_pickle
 from worldmodels.evolve.cmaes import evolve, load_state, rollout_seeds
 from worldmodels.evolve.workers import ModelBundle, RayEvaluator, SerialEvaluator
 from worldmodels.logger import read_csv
@@ -192,3 +194,26 @@ def test_getattr_is_allowed_only_on_a_random_state():
         safe_pickle.loads(pickle.dumps(GetsAttribute()))
     rng = np.random.RandomState(0)
     assert safe_pickle.loads(pickle.dumps(rng.randn))(2).shape == (2,)
+
+
+def test_a_kill_between_the_csv_row_and_the_checkpoint_leaves_no_duplicate(tmp_path,
+                                                                              monkeypatch):
+    run = make_run(tmp_path / "run")
+    real_save = cmaes.save_state
+
+    def killed_at_generation_2(path, state):
+        if state.generation == 2:
+            raise KeyboardInterrupt  # after generation 2's row, before its checkpoint
+        real_save(path, state)
+
+    monkeypatch.setattr(cmaes, "save_state", killed_at_generation_2)
+    with pytest.raises(KeyboardInterrupt):
+        evolve(run, _config(generations=3), progress=False)
+    monkeypatch.setattr(cmaes, "save_state", real_save)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = RunPaths(run).root / f".tmp_{dead.pid}_x_es.pickle"  # a SIGKILLed write
+    stale.write_bytes(b"half")
+    evolve(run, _config(generations=3), resume=True, progress=False)
+    assert [r["step"] for r in read_csv(RunPaths(run).logs / "evolve.csv")] == [1, 2, 3]
+    assert not stale.exists()

@@ -160,8 +160,8 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
     own_evaluator = evaluator is None
     if own_evaluator:
         evaluator = make_evaluator(bundle, config.workers, address)
-    logger = RunLogger(paths.logs, "evolve")
-    real_logger = RunLogger(paths.logs, "evolve_real")
+    logger = RunLogger(paths.logs, "evolve", keep_through=state.generation)
+    real_logger = RunLogger(paths.logs, "evolve_real", keep_through=state.generation)
     bar = progress_bar(total=config.generations, initial=state.generation, unit="gen",
                        desc=f"evolve ({config.where})", disable=not progress)
     try:
@@ -184,14 +184,16 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
                 mean_params = np.tile(np.asarray(es.mean, np.float32), (len(real_seeds), 1))
                 real_mean = float(evaluator.returns("real", mean_params, real_seeds,
                                                     config.tau, config.max_steps).mean())
-            state.generation, state.es_bytes = gen + 1, es.pickle_dumps()
-            save_params(paths.controller, np.asarray(es.mean))
-            save_state(paths.es_state, state)
+            # Rows first, then the state: a kill in between leaves rows past the saved
+            # generation, which the resumed run's loggers drop (keep_through), then redoes.
             seconds = time.perf_counter() - t0
             logger.log(gen + 1, best=fitness.max(), mean=fitness.mean(), worst=fitness.min(),
                        sigma=es.sigma, best_ever=state.best_fitness, seconds=seconds)
             if real_mean is not None:
                 real_logger.log(gen + 1, real_mean=real_mean)
+            state.generation, state.es_bytes = gen + 1, es.pickle_dumps()
+            save_params(paths.controller, np.asarray(es.mean))
+            save_state(paths.es_state, state)
             bar.update(1)
             bar.set_postfix(best=f"{fitness.max():.1f}", mean=f"{fitness.mean():.1f}",
                             sigma=f"{es.sigma:.3f}",

@@ -114,7 +114,8 @@ def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False
         optimizer.load_state_dict(payload["optimizer"])
     start_epoch, step = int(payload.get("epoch", 0)), int(payload.get("step", 0))
     # Two CSVs, because a CSV keeps one set of columns: per-epoch summaries and per-step loss.
-    logger, step_logger = RunLogger(run / "logs", KIND), RunLogger(run / "logs", f"{KIND}_steps")
+    logger = RunLogger(run / "logs", KIND, keep_through=step)
+    step_logger = RunLogger(run / "logs", f"{KIND}_steps", keep_through=step)
     result = {"train_nll": float(payload.get("train_nll", float("nan"))),
               "valid_nll": float(payload.get("valid_nll", float("nan")))}
     try:

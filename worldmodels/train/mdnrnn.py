@@ -148,8 +148,8 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
     if start_epoch >= config.epochs and progress:
         tqdm.write(f"train-mdnrnn: {ckpt} already has {start_epoch} epochs; nothing to do")
 
-    logger = RunLogger(paths.logs, "mdnrnn")
-    step_logger = RunLogger(paths.logs, "mdnrnn_steps")
+    logger = RunLogger(paths.logs, "mdnrnn", keep_through=step)
+    step_logger = RunLogger(paths.logs, "mdnrnn_steps", keep_through=step)
     try:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()

@@ -114,8 +114,8 @@ def train_vae(data: Path, run: Path, config: VAEConfig, resume: bool = False,
         tqdm.write(f"train-vae: {ckpt} already has {start_epoch} epochs; nothing to do")
     preview = _preview_frames(valid_paths or train_paths)
 
-    logger = RunLogger(paths.logs, "vae")
-    step_logger = RunLogger(paths.logs, "vae_steps")
+    logger = RunLogger(paths.logs, "vae", keep_through=step)
+    step_logger = RunLogger(paths.logs, "vae_steps", keep_through=step)
     try:
         for epoch in range(start_epoch, config.epochs):
             model.train()
