@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from worldmodels import atomic
-from worldmodels.errors import UserError
+from worldmodels.errors import UserError, warn
 
 Z_SIZE = 32
 ACTION_SIZE = 3
@@ -219,6 +219,17 @@ def _checked_value(kind: Any, value: Any, source: str, key: str) -> Any:
 
 def _shown(value: Any) -> str:
     return json.dumps(value)[:60] if not isinstance(value, float) else repr(value)
+
+
+def warn_ignored_on_resume(stage: str, given: Any, saved: Any,
+                           keep: tuple[str, ...] = ("epochs",)) -> None:
+    """A resumed stage trains on with its checkpoint's config (only `keep` may change): say
+    which requested values (flags or config.json) differ and are therefore ignored."""
+    changed = [f"{f.name} {getattr(saved, f.name)!r} (not {getattr(given, f.name)!r})"
+               for f in fields(saved)
+               if f.name not in keep and getattr(given, f.name) != getattr(saved, f.name)]
+    if changed:
+        warn(f"{stage} --resume keeps the checkpoint's settings: {', '.join(changed)}")
 
 
 def save_json(obj: Any, path: Path) -> None:

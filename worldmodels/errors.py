@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 
 class UserError(Exception):
@@ -24,3 +25,8 @@ def require_finite(name: str, value: float, above: float | None = None,
     if not ok:
         raise UserError(f"{name} must be a finite number{bound}, got {value}")
     return value
+
+
+def warn(text: str) -> None:
+    """One line on stderr for input that is accepted but has no effect (a flag ignored)."""
+    print(f"worldmodels: warning: {text}", file=sys.stderr)

@@ -6,13 +6,19 @@ import os
 import socket
 from pathlib import Path
 
-from worldmodels.errors import UserError
+from worldmodels.errors import UserError, warn
 
 CONNECT_TIMEOUT_S = 5.0
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 EMPTY_SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 SETTINGS_FRAME_TYPE = 0x04
 GCS_PROBE_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"  # cheap, answered by every head
+
+
+def warn_if_address_ignored(address: str | None, workers: int) -> None:
+    if address and workers == 0:
+        warn(f"--address {address} is ignored with --workers 0 (everything runs in-process, "
+             "without Ray)")
 
 
 def ensure_ray(address: str | None = None, workers: int = 1) -> None:

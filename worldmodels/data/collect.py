@@ -29,6 +29,7 @@ from worldmodels.data.rollouts import (
 )
 from worldmodels.errors import UserError
 from worldmodels.progress import progress_bar
+from worldmodels.ray_session import warn_if_address_ignored
 
 TASKS_PER_WORKER = 2  # one running, one queued: a worker never waits for the driver
 
@@ -88,6 +89,7 @@ def collect(
     if config.episodes < 0 or config.max_steps <= 0 or config.workers < 0 or config.seed < 0:
         raise UserError(f"bad collect config {config}")
     prepare_out_dir(out)
+    warn_if_address_ignored(address, config.workers)
     seeds = [config.seed + i for i in range(config.episodes)]
     paths = [episode_path(out, seed) for seed in seeds]
     missing = [seed for seed in seeds if not episode_path(out, seed).exists()]

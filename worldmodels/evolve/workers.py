@@ -26,6 +26,7 @@ from worldmodels.config import MDNRNNConfig, VAEConfig, from_dict
 from worldmodels.errors import UserError
 from worldmodels.models.mdnrnn import MDNRNN
 from worldmodels.models.vae import ConvVAE
+from worldmodels.ray_session import warn_if_address_ignored
 from worldmodels.run import RunPaths
 
 WHERE = ("dream", "real")
@@ -234,6 +235,7 @@ class RayEvaluator:
 
 def make_evaluator(bundle: ModelBundle, workers: int, address: str | None = None):
     """`workers` 0: SerialEvaluator; otherwise a RayEvaluator with that many actors."""
+    warn_if_address_ignored(address, workers)
     if workers == 0:
         return SerialEvaluator(bundle)
     return RayEvaluator(bundle, workers, address)

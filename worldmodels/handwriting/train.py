@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from worldmodels import checkpoint
 from worldmodels.atomic import writable_dir
-from worldmodels.errors import UserError
+from worldmodels.config import warn_ignored_on_resume
+from worldmodels.errors import UserError, warn
 from worldmodels.handwriting.data import (
     DEFAULT_DATA,
     batch_count,
@@ -86,6 +87,13 @@ def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False
     payload: dict = {}
     if resume and ckpt.exists():
         model, payload = load_checkpoint(ckpt)
+        # Set by training from the data, not by the user: never "ignored".
+        warn_ignored_on_resume("handwriting train", config, model.config,
+                               keep=("epochs", "scale_x", "scale_y", "typical_points", "data"))
+        saved_data = Path(model.config.data) if model.config.data else DEFAULT_DATA
+        if Path(data).resolve() != saved_data.resolve():
+            warn(f"handwriting train --resume keeps the checkpoint's data {saved_data} "
+                 f"(not {data})")
         epochs = config.epochs
         config = model.config  # the run's own config wins; only the epoch count may change
         config.epochs, data = epochs, Path(config.data) if config.data else DEFAULT_DATA

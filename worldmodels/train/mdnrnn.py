@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from worldmodels import checkpoint
-from worldmodels.config import MDNRNNConfig
+from worldmodels.config import MDNRNNConfig, warn_ignored_on_resume
 from worldmodels.data.latents import SequenceBatch, SequenceSampler, list_latents, read_latents
 from worldmodels.data.rollouts import split_holdout
 from worldmodels.errors import UserError
@@ -126,6 +126,7 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
         raise UserError(f"{ckpt} exists; pass --resume to continue it or choose another --run")
     if resume and ckpt.exists():
         model, payload = checkpoint.load_model(ckpt, MDNRNN, MDNRNNConfig)
+        warn_ignored_on_resume("train-mdnrnn", config, model.config)
         epochs = config.epochs
         config = model.config  # the run's own config wins; only the epoch count may change
         config.epochs = epochs

@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from worldmodels import atomic, checkpoint
-from worldmodels.config import VAEConfig
+from worldmodels.config import VAEConfig, warn_ignored_on_resume
 from worldmodels.data.frames import iter_frames_in_order, stream_frames
 from worldmodels.data.rollouts import list_episodes, split_holdout
 from worldmodels.errors import UserError
@@ -98,6 +98,7 @@ def train_vae(data: Path, run: Path, config: VAEConfig, resume: bool = False,
         raise UserError(f"{ckpt} exists; pass --resume to continue it or choose another --run")
     if resume and ckpt.exists():
         model, payload = checkpoint.load_model(ckpt, ConvVAE, VAEConfig)
+        warn_ignored_on_resume("train-vae", config, model.config)
         epochs = config.epochs
         config = model.config  # the run's own config wins; only the epoch count may change
         config.epochs = epochs
