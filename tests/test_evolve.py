@@ -14,7 +14,7 @@ import pytest
 from fake_run import make_run
 
 from worldmodels.cli import main
-from worldmodels.config import EvolveConfig
+from worldmodels.config import EvolveConfig, preset, save_json
 from worldmodels.errors import UserError
 from worldmodels.evolve import cmaes, safe_pickle
 from worldmodels.evolve.cmaes import evolve, load_state, rollout_seeds
@@ -126,14 +126,24 @@ def test_killed_ray_worker_does_not_stop_a_generation(tmp_path, ray_session):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--tau", "0"], "--tau must be > 0"),
-    (["--popsize", "1"], "--popsize must be >= 2"),
+    (["--rollouts", "2", "--popsize", "0"], "evolve.popsize (config.json or --popsize)"),
+    (["--popsize", "1"], "evolve.popsize (config.json or --popsize) must be >= 2"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, flags, message):
     run = make_run(tmp_path)
     assert main(["evolve", "--run", str(run), "--workers", "0", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_bad_tau_in_config_json_names_the_key(tmp_path, capsys):
+    run = make_run(tmp_path)
+    config = preset("tiny")
+    config.evolve.tau = 0.0  # --tau 0 itself is refused by argparse
+    save_json(config, RunPaths(run).config)
+    assert main(["evolve", "--run", str(run), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("evolve.tau (config.json or --tau) must be a finite number > 0, got 0.0")
 
 
 def test_missing_models_are_one_line_errors(tmp_path, capsys):
