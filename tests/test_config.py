@@ -23,7 +23,8 @@ from worldmodels.run import RunPaths, load_run_config
     ({"evolve": {"where": 3}}, "evolve.where must be a string, got 3"),
     ({"collect": "lots"}, 'collect must be an object, got "lots"'),
     ([1, 2], "the top level must be an object, got \\[1, 2\\]"),
-    ({"evaluate": {"episodez": 3}}, "unknown config keys \\['evaluate.episodez'\\]"),
+    ({"evaluate": {"episodez": 3}},
+     "unknown config keys \\['evaluate.episodez'\\] \\(not fields of EvaluateConfig\\)"),
 ])
 def test_wrong_types_and_shapes_are_named_by_key(tmp_path, data, message):
     paths = RunPaths(tmp_path)

@@ -189,7 +189,8 @@ def from_dict(cls: type[T], data: Any, source: str | None = None, _prefix: str =
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
     unknown = set(data) - set(known)
     if unknown:
-        raise UserError(f"{source}: unknown config keys {sorted(_prefix + k for k in unknown)}")
+        raise UserError(f"{source}: unknown config keys {sorted(_prefix + k for k in unknown)} "
+                        f"(not fields of {cls.__name__})")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
