@@ -6,12 +6,16 @@ import json
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 from fake_run import make_run
 
+from worldmodels import atomic, checkpoint
 from worldmodels.cli import main
-from worldmodels.config import EvaluateConfig
+from worldmodels.config import EvaluateConfig, VAEConfig
 from worldmodels.evaluate import evaluate
+from worldmodels.evolve.workers import ModelBundle, SerialEvaluator
 from worldmodels.models.controller import param_count
+from worldmodels.models.vae import ConvVAE
 from worldmodels.run import RunPaths
 
 
@@ -60,3 +64,68 @@ def test_missing_controller_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "controller.npy: missing; run `worldmodels evolve` first" in err
     assert len(err.splitlines()) == 1
+
+
+class InterruptAfter:
+    """A serial evaluator whose run is interrupted (Ctrl-C) after `n` finished episodes."""
+
+    def __init__(self, run, n: int):
+        self.inner, self.n, self.played = SerialEvaluator(ModelBundle.from_run(run)), n, []
+
+    def returns(self, where, params, seeds, tau=1.0, max_steps=1000, bar=None, on_rows=None):
+        def counted(lo, hi, values):
+            on_rows(lo, hi, values)
+            self.played.extend(seeds[lo:hi].tolist())
+            if len(self.played) == self.n:
+                raise KeyboardInterrupt
+        return self.inner.returns(where, params, seeds, tau, max_steps, bar, counted)
+
+    def close(self):
+        pass
+
+
+def test_an_interrupted_evaluation_keeps_its_finished_episodes(tmp_path):
+    config = EvaluateConfig(episodes=3, seed=7, max_steps=8, workers=0)
+    straight = _run_with_controller(tmp_path / "straight")
+    want = evaluate(straight, config, progress=False)
+    run = _run_with_controller(tmp_path / "broken")
+    first = InterruptAfter(run, 2)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(run, config, progress=False, evaluator=first)
+    assert first.played == [7, 8] and not RunPaths(run).evaluation.exists()
+    second = InterruptAfter(run, 99)
+    got = evaluate(run, config, progress=False, evaluator=second)
+    assert second.played == [9]  # only the episode that had not finished
+    assert {k: v for k, v in got.items() if k != "seconds"} == {
+        k: v for k, v in want.items() if k != "seconds"}
+    assert not list(RunPaths(run).root.glob("*.partial.json"))
+    # Another controller does not reuse those returns.
+    np.save(RunPaths(run).controller, np.zeros(param_count(32, 16), np.float32))
+    third = InterruptAfter(run, 99)
+    evaluate(run, config, progress=False, evaluator=third)
+    assert third.played == [7, 8, 9]
+
+
+def test_garbage_controller_and_mismatched_z_sizes_are_one_line(tmp_path, capsys):
+    run = _run_with_controller(tmp_path)
+    args = ["evaluate", "--run", str(run), "--episodes", "1", "--workers", "0"]
+    RunPaths(run).controller.write_bytes(b"not numpy at all" * 10)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("controller.npy: not a valid .npy file") and "allow_pickle" not in err
+    # V retrained with another z size under an existing M: a matmul error mid-run before.
+    vae = ConvVAE(VAEConfig(z_size=16))
+    checkpoint.save(RunPaths(run).vae, vae, vae.config, {"kind": "vae", "epoch": 1})
+    for command in (args, ["dream-video", "--run", str(run), "--out", str(tmp_path / "d.gif")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert "V has z size 16 but mdnrnn.pt was trained on z size 32" in err
+        assert len(err.splitlines()) == 1
+
+
+def test_evaluate_on_a_read_only_run_fails_before_playing(tmp_path, capsys, monkeypatch):
+    run = _run_with_controller(tmp_path)
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: False)  # root ignores modes
+    assert main(["evaluate", "--run", str(run), "--episodes", "1", "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--run {run}: directory is not writable")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,8 +14,9 @@ import pytest
 from fake_run import make_run
 
 from worldmodels.cli import main
-from worldmodels.config import EvolveConfig
+from worldmodels.config import EvolveConfig, preset, save_json
 from worldmodels.errors import UserError
+from worldmodels.evolve import cmaes, safe_pickle
 from worldmodels.evolve.cmaes import evolve, load_state, real_check_due, rollout_seeds
 from worldmodels.evolve.workers import ModelBundle, RayEvaluator, SerialEvaluator
 from worldmodels.logger import read_csv
@@ -143,14 +147,24 @@ def test_killed_ray_worker_does_not_stop_a_generation(tmp_path, ray_session):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--tau", "0"], "--tau must be > 0"),
-    (["--popsize", "1"], "--popsize must be >= 2"),
+    (["--rollouts", "2", "--popsize", "0"], "evolve.popsize (config.json or --popsize)"),
+    (["--popsize", "1"], "evolve.popsize (config.json or --popsize) must be >= 2"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, flags, message):
     run = make_run(tmp_path)
     assert main(["evolve", "--run", str(run), "--workers", "0", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_bad_tau_in_config_json_names_the_key(tmp_path, capsys):
+    run = make_run(tmp_path)
+    config = preset("tiny")
+    config.evolve.tau = 0.0  # --tau 0 itself is refused by argparse
+    save_json(config, RunPaths(run).config)
+    assert main(["evolve", "--run", str(run), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("evolve.tau (config.json or --tau) must be a finite number > 0, got 0.0")
 
 
 def test_missing_models_are_one_line_errors(tmp_path, capsys):
@@ -161,3 +175,76 @@ def test_missing_models_are_one_line_errors(tmp_path, capsys):
     RunPaths(run).mdnrnn.unlink()
     assert main(["evolve", "--run", str(run), "--workers", "0"]) == 2
     assert "mdnrnn.pt: missing" in capsys.readouterr().err
+
+
+class RunsCode:
+    """A pickle that would run a shell command when loaded (os.system via __reduce__)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_es_pickle_garbage_and_code_are_one_line_and_nothing_runs(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    es_state = RunPaths(run).es_state
+    args = ["evolve", "--run", str(run), "--workers", "0", "--resume", "--generations", "2"]
+    es_state.write_bytes(b"\x80\x04K\x01garbage, not a pickle")  # `invalid literal for int()`
+    assert main(args) == 2
+    assert "not a readable CMA-ES state" in capsys.readouterr().err
+
+    marker = tmp_path / "pwned"
+    es_state.write_bytes(pickle.dumps(RunsCode(marker)))
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "refusing to load" in err and "system" in err and len(err.splitlines()) == 1
+    assert not marker.exists()
+
+    # The inner es_bytes (cma's pickle_dumps()) go through the same unpickler.
+    es_state.unlink()
+    evolve(run, _config(generations=1), progress=False)
+    raw = pickle.loads(es_state.read_bytes())
+    raw["es_bytes"] = pickle.dumps(RunsCode(marker))
+    es_state.write_bytes(pickle.dumps(raw))
+    assert main(args) == 2
+    assert "refusing to load" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+
+class GetsAttribute:
+    def __reduce__(self):
+        return (getattr, (1, "real"))
+
+
+def test_getattr_is_allowed_only_on_a_random_state():
+    # A general getattr reaches any module through a function's __globals__.
+    with pytest.raises(safe_pickle.UnsafePickleError, match="getattr"):
+        safe_pickle.loads(pickle.dumps(GetsAttribute()))
+    rng = np.random.RandomState(0)
+    assert safe_pickle.loads(pickle.dumps(rng.randn))(2).shape == (2,)
+
+
+def test_a_kill_between_the_csv_row_and_the_checkpoint_leaves_no_duplicate(tmp_path,
+                                                                              monkeypatch):
+    run = make_run(tmp_path / "run")
+    real_save = cmaes.save_state
+
+    def killed_at_generation_2(path, state):
+        if state.generation == 2:
+            raise KeyboardInterrupt  # after generation 2's row, before its checkpoint
+        real_save(path, state)
+
+    monkeypatch.setattr(cmaes, "save_state", killed_at_generation_2)
+    with pytest.raises(KeyboardInterrupt):
+        evolve(run, _config(generations=3), progress=False)
+    monkeypatch.setattr(cmaes, "save_state", real_save)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = RunPaths(run).root / f".tmp_{dead.pid}_x_es.pickle"  # a SIGKILLed write
+    stale.write_bytes(b"half")
+    evolve(run, _config(generations=3), resume=True, progress=False)
+    assert [r["step"] for r in read_csv(RunPaths(run).logs / "evolve.csv")] == [1, 2, 3]
+    assert not stale.exists()

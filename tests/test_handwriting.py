@@ -122,8 +122,22 @@ def test_bundled_omniglot_and_bad_npz_files(tmp_path):
         load_drawings(other)
     text = tmp_path / "junk.npz"
     text.write_text("hello")
-    with pytest.raises(UserError, match="not a readable .npz"):
+    with pytest.raises(UserError, match="not a valid .npz"):
         load_drawings(text)
+    strings = tmp_path / "strings.npz"  # a string-typed train_strokes: ValueError before
+    np.savez(strings, train_strokes=np.array([["a", "b", "c"]]), train_offsets=np.array([0, 1]))
+    with pytest.raises(UserError, match="train_strokes holds <U1 values, expected numbers"):
+        load_drawings(strings)
+
+
+@pytest.mark.parametrize("bad", ["nan", "1e300", "inf"])
+def test_iam_non_finite_or_huge_coordinates_are_refused(tmp_path, bad):
+    # 1e300 is finite as a float64 but inf as the float32 we train on: a nan loss, exit 0.
+    path = tmp_path / "line.xml"
+    _iam_file(path, [[(0, 0), (1, 1)]])
+    path.write_text(path.read_text().replace('x="1"', f'x="{bad}"'))
+    with pytest.raises(UserError, match="line.xml: drawing lineStrokes has non-finite"):
+        load_iam(path)
 
 
 def test_normalisation_gives_unit_std_and_clips_outliers():

@@ -4,12 +4,15 @@ skipped by the reader."""
 from __future__ import annotations
 
 import shutil
+import struct
+import zipfile
 
 import numpy as np
 import pytest
 
 from worldmodels.atomic import write_bytes
 from worldmodels.cli import main
+from worldmodels.data.latents import BadLatentsError, Latents, read_latents, write_latents
 from worldmodels.data.rollouts import (
     BadEpisodeError,
     Episode,
@@ -109,3 +112,80 @@ def test_pickled_arrays_are_refused(tmp_path):
     )
     with pytest.raises(BadEpisodeError, match="corrupt"):
         read_episode(path)
+
+
+def flip_deflate_bytes(path) -> None:
+    """Damage the deflate stream of the first member, leaving the zip's CRC fields intact."""
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[26:30])  # the first local header
+    start = 30 + name_len + extra_len
+    for k in range(8):
+        data[start + 5 + k] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def garble_header(path, key: str) -> None:
+    """Rewrite `path` with member `key`'s .npy header made unparsable (an unclosed bracket);
+    the zip's CRC is recomputed, so only numpy's header parser sees the damage."""
+    with zipfile.ZipFile(path) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    npy = members[f"{key}.npy"]
+    members[f"{key}.npy"] = npy.replace(b"{'descr': '", b"{'descr': ('", 1)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def test_damaged_deflate_stream_garbled_header_and_odd_shapes_are_named(data_dir, capsys):
+    a, b, c = sorted(data_dir.glob("episode_*.npz"))
+    flip_deflate_bytes(a)  # zlib.error before
+    garble_header(b, "obs")  # tokenize.TokenError before
+    episode = read_episode(c)
+    seed_array = data_dir / "episode_00000010.npz"
+    np.savez_compressed(seed_array, obs=episode.obs, action=episode.action,
+                        reward=episode.reward, done=episode.done, seed=np.arange(2),
+                        policy=np.str_("random"))
+    scalar_action = data_dir / "episode_00000011.npz"
+    np.savez_compressed(scalar_action, obs=episode.obs, action=np.float32(0),
+                        reward=episode.reward, done=episode.done, seed=np.int64(11),
+                        policy=np.str_("random"))
+    garbage = data_dir / "episode_00000012.npz"
+    garbage.write_bytes(b"\x00garbage, not a zip" * 50)
+
+    assert main(["validate", str(data_dir)]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].endswith("1 good, 5 bad episode files")
+    lines = dict(zip(sorted([a, b, seed_array, scalar_action, garbage]), sorted(out[:-1]),
+                     strict=True))
+    for path, line in lines.items():
+        assert line.startswith(str(path))
+    assert "corrupt" in lines[a] and "corrupt" in lines[b]
+    assert "seed has shape (2,)" in lines[seed_array]
+    assert "action is a scalar" in lines[scalar_action]
+    assert "not a valid .npz" in lines[garbage] and "allow_pickle" not in lines[garbage]
+
+    with pytest.warns(UserWarning):
+        read = [path for path, _ in iter_episodes(list_episodes(data_dir))]
+    assert read == [c]
+
+
+def test_train_vae_skips_damaged_episodes_with_a_warning(data_dir, tmp_path, capsys):
+    a, b, c = sorted(data_dir.glob("episode_*.npz"))
+    shutil.copy(c, data_dir / "episode_00000003.npz")  # a good one to train on, one held out
+    flip_deflate_bytes(a)
+    garble_header(b, "obs")
+    args = ["train-vae", "--data", str(data_dir), "--run", str(tmp_path / "run"),
+            "--epochs", "1", "--batch-size", "16"]
+    with pytest.warns(UserWarning, match="skipping"):
+        assert main(args) == 0
+
+
+def test_damaged_latents_are_skipped_by_the_reader(tmp_path):
+    path = tmp_path / "episode_00000000.npz"
+    write_latents(path, Latents(mu=np.zeros((3, 32), np.float16),
+                                logvar=np.zeros((3, 32), np.float16),
+                                action=np.zeros((3, 3), np.float32),
+                                reward=np.zeros(3, np.float32), done=np.zeros(3, bool)))
+    garble_header(path, "mu")
+    with pytest.raises(BadLatentsError, match="corrupt or truncated .TokenError"):
+        read_latents(path)

@@ -45,7 +45,8 @@ def load_model(path: Path, model_cls: type[M], config_cls: type) -> tuple[M, dic
 
     Returns (model in eval mode, the rest of the payload, e.g. optimizer state)."""
     path = Path(path)
-    config = from_dict(config_cls, load_json(path.with_suffix(".json")))
+    config_path = path.with_suffix(".json")
+    config = from_dict(config_cls, load_json(config_path), str(config_path))
     model = model_cls(config)
     payload = load_payload(path)
     state = payload.pop("model", None)

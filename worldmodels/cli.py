@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from worldmodels.errors import UserError
+from worldmodels.errors import UserError, require_finite
 
 
 def _positive(text: str) -> int:
@@ -27,15 +27,34 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _finite_float(text: str, above: float | None = None,
+                  at_least: float | None = None) -> float:
+    """Floats for flags: inf and nan are refused (they would run and give nan results)."""
+    try:
+        return require_finite("the value", float(text), above=above, at_least=at_least)
+    except (ValueError, UserError) as err:
+        raise argparse.ArgumentTypeError(str(err).replace("the value ", "")) from None
+
+
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+    return _finite_float(text, above=0)
+
+
+def _non_negative_float(text: str) -> float:
+    return _finite_float(text, at_least=0)
+
+
+DESCRIPTION = """\
+World Models (Ha & Schmidhuber 2018) on gymnasium's CarRacing-v3: collect episodes, train V
+(a convolutional VAE) and M (an MDN-RNN), evolve the controller C with CMA-ES inside M's
+dream, and score it in the real game. `worldmodels pipeline --preset tiny --run runs/tiny`
+runs every stage; `worldmodels handwriting` trains a Graves-style handwriting model on the
+same mixture-density core. Each command's --help lists its options."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="worldmodels", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="worldmodels", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("collect", help="collect CarRacing episodes on Ray workers")
@@ -76,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="run directory with handwriting.pt")
     p.add_argument("--out", type=Path, required=True, help="output .svg or .png")
     p.add_argument("--n", type=_positive, default=16, help="samples per bias value")
-    p.add_argument("--bias", type=float, nargs="+", default=[0.0],
+    p.add_argument("--bias", type=_non_negative_float, nargs="+", default=[0.0],
                    help="one panel per value (Graves' sampling bias, >= 0)")
     p.add_argument("--temperature", type=_positive_float, default=1.0)
     p.add_argument("--points", type=_non_negative, default=0,
@@ -117,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the run's config (for all of these)")
     p.add_argument("--popsize", type=int, default=None, help="candidates per generation (>= 2)")
     p.add_argument("--rollouts", type=_positive, default=None, help="rollouts per candidate")
-    p.add_argument("--tau", type=float, default=None, help="dream temperature (> 0)")
+    p.add_argument("--tau", type=_positive_float, default=None, help="dream temperature (> 0)")
     p.add_argument("--max-steps", type=_positive, default=None, help="steps per rollout")
     p.add_argument("--workers", type=_non_negative, default=None, help="0: in-process, no Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from worldmodels import atomic
-from worldmodels.errors import UserError
+from worldmodels.errors import UserError, warn
 
 Z_SIZE = 32
 ACTION_SIZE = 3
@@ -227,23 +229,59 @@ def preset(name: str) -> PipelineConfig:
 T = TypeVar("T")
 
 
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build a (nested) config dataclass from a dict, rejecting unknown keys by name."""
+def from_dict(cls: type[T], data: Any, source: str | None = None, _prefix: str = "") -> T:
+    """Build a (nested) config dataclass from a dict, refusing unknown keys and values of
+    the wrong type by name (`source` names the file: `config.json: mdnrnn.epochs must be an
+    int, got "ten"`). Checked against the dataclass fields, so new fields are covered."""
+    source = source or cls.__name__
+    where = _prefix.rstrip(".") or "the top level"
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: {where} must be an object, got {_shown(data)}")
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
     unknown = set(data) - set(known)
     if unknown:
-        raise UserError(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
+        raise UserError(f"{source}: unknown config keys {sorted(_prefix + k for k in unknown)} "
+                        f"(not fields of {cls.__name__})")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
-        sub = _dataclass_type(cls, name)
-        kwargs[name] = from_dict(sub, value) if sub is not None else value
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = from_dict(kind, value, source, f"{_prefix}{name}.")
+        else:
+            kwargs[name] = _checked_value(kind, value, source, _prefix + name)
     return cls(**kwargs)
 
 
-def _dataclass_type(cls: type, name: str) -> type | None:
-    hints = {"collect": CollectConfig, "vae": VAEConfig, "mdnrnn": MDNRNNConfig,
-             "evolve": EvolveConfig, "evaluate": EvaluateConfig, "iterate": IterateConfig}
-    return hints.get(name) if cls is PipelineConfig else None
+def _checked_value(kind: Any, value: Any, source: str, key: str) -> Any:
+    """`value` if it is a `kind` (bool, int, float or str; other types pass unchecked)."""
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)
+                          and math.isfinite(v)),
+        str: lambda v: isinstance(v, str),
+    }.get(kind)
+    if ok is not None and not ok(value):
+        what = {bool: "true or false", int: "an int", float: "a finite number",
+                str: "a string"}[kind]
+        raise UserError(f"{source}: {key} must be {what}, got {_shown(value)}")
+    return float(value) if kind is float else value
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value)[:60] if not isinstance(value, float) else repr(value)
+
+
+def warn_ignored_on_resume(stage: str, given: Any, saved: Any,
+                           keep: tuple[str, ...] = ("epochs",)) -> None:
+    """A resumed stage trains on with its checkpoint's config (only `keep` may change): say
+    which requested values (flags or config.json) differ and are therefore ignored."""
+    changed = [f"{f.name} {getattr(saved, f.name)!r} (not {getattr(given, f.name)!r})"
+               for f in fields(saved)
+               if f.name not in keep and getattr(given, f.name) != getattr(saved, f.name)]
+    if changed:
+        warn(f"{stage} --resume keeps the checkpoint's settings: {', '.join(changed)}")
 
 
 def save_json(obj: Any, path: Path) -> None:

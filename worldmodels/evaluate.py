@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from worldmodels import atomic
 from worldmodels.config import EvaluateConfig, save_json
 from worldmodels.errors import UserError
 from worldmodels.models.controller import Controller
 from worldmodels.models.mdnrnn import MDNRNN
 from worldmodels.models.vae import ConvVAE
+from worldmodels.npfiles import read_npy
+from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
 
 POLICIES = ("controller", "random")
@@ -82,10 +86,10 @@ def real_episode(env, vae: ConvVAE, mdnrnn: MDNRNN, params: np.ndarray | None, s
 
 def load_params(paths: RunPaths) -> np.ndarray:
     paths.require(paths.controller, "evolve")
-    try:
-        params = np.load(paths.controller, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{paths.controller}: not a readable .npy ({err})") from None
+    params = read_npy(paths.controller)
+    if not np.issubdtype(params.dtype, np.floating) or not np.isfinite(params).all():
+        raise UserError(f"{paths.controller}: expected finite floats, got {params.dtype} "
+                        "values that are not")
     return params.astype(np.float32)
 
 
@@ -94,6 +98,24 @@ def summarize(returns: np.ndarray, seeds: list[int], policy: str) -> dict:
             "std": float(returns.std()), "min": float(returns.min()),
             "max": float(returns.max()), "returns": [float(r) for r in returns],
             "seeds": seeds}
+
+
+def episodes_key(params: np.ndarray | None, max_steps: int) -> str:
+    """What a finished episode's return depends on besides its seed: C and the step limit."""
+    digest = "random" if params is None else hashlib.sha256(
+        np.ascontiguousarray(params, np.float32).tobytes()).hexdigest()[:16]
+    return f"{digest}/max_steps={max_steps}"
+
+
+def load_finished(path: Path, key: str) -> dict[int, float]:
+    """Returns by seed kept by an interrupted evaluation of the same C and step limit."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("key") != key:
+            return {}
+        return {int(seed): float(r) for seed, r in data["returns"].items()}
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return {}  # none, or not ours: play every episode
 
 
 def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
@@ -106,32 +128,46 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
     if policy not in POLICIES:
         raise UserError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
     if config.episodes < 1:
-        raise UserError(f"--episodes must be >= 1, got {config.episodes}")
+        raise UserError(f"evaluate.episodes (config.json or --episodes) must be >= 1, got "
+                        f"{config.episodes}")
     paths = RunPaths(Path(run))
+    paths.writable()  # before the episodes: their scores must not be lost to a failed write
     bundle = ModelBundle.from_run(paths.root)
     params = load_params(paths) if policy == "controller" else None
     if params is not None and params.shape != (bundle.param_count,):
         raise UserError(f"{paths.controller}: {params.shape} parameters, the run's M needs "
                         f"({bundle.param_count},)")
     seeds = [config.seed + i for i in range(config.episodes)]
-    rows = None if params is None else np.tile(params, (len(seeds), 1))
+    out = paths.evaluation if policy == "controller" else paths.root / "evaluation_random.json"
+    # Finished episodes survive an interrupt: their returns are kept in a partial file
+    # (rewritten atomically after each one), and a rerun plays only the rest.
+    partial, key = out.with_suffix(".partial.json"), episodes_key(params, config.max_steps)
+    finished = {s: r for s, r in load_finished(partial, key).items() if s in seeds}
+    todo = [s for s in seeds if s not in finished]
+
+    def keep(lo: int, hi: int, values: np.ndarray) -> None:
+        finished.update(zip(todo[lo:hi], map(float, values), strict=True))
+        atomic.write_text(partial, json.dumps({"key": key, "returns": finished}))
+
     start = time.perf_counter()
     own_evaluator = evaluator is None
     if own_evaluator:
         evaluator = make_evaluator(bundle, config.workers, address)
-    bar = tqdm(total=len(seeds), desc=f"evaluate ({policy}, {config.workers or 'no'} Ray workers)",
-               unit="ep", disable=not progress)
+    bar = progress_bar(total=len(seeds), initial=len(finished), unit="ep", disable=not progress,
+                       desc=f"evaluate ({policy}, {config.workers or 'no'} Ray workers)")
     try:
-        returns = evaluator.returns("real", rows, np.array(seeds), max_steps=config.max_steps,
-                                    bar=bar)
+        if todo:
+            rows = None if params is None else np.tile(params, (len(todo), 1))
+            evaluator.returns("real", rows, np.array(todo), max_steps=config.max_steps,
+                              bar=bar, on_rows=keep)
     finally:
         bar.close()
         if own_evaluator:
             evaluator.close()
-    summary = summarize(returns, seeds, policy)
+    summary = summarize(np.array([finished[s] for s in seeds]), seeds, policy)
     summary["seconds"] = time.perf_counter() - start
-    out = paths.evaluation if policy == "controller" else paths.root / "evaluation_random.json"
     save_json(summary, out)
+    partial.unlink(missing_ok=True)
     if video is not None:
         record_real_video(paths.root, Path(video), params, seeds[0], config.max_steps)
     return summary

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from worldmodels.atomic import write_bytes
 from worldmodels.config import IterateConfig, from_dict, load_json, save_json
@@ -47,6 +46,8 @@ from worldmodels.evolve.cmaes import evolve, load_state, save_state
 from worldmodels.evolve.workers import ModelBundle
 from worldmodels.logger import RunLogger, read_csv
 from worldmodels.models.controller import Controller
+from worldmodels.npfiles import read_npz
+from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
 from worldmodels.train.encode import default_data, encode
 from worldmodels.train.mdnrnn import train_mdnrnn
@@ -131,8 +132,8 @@ def collect_agent(run: Path, data: Path, config: IterateConfig, iteration: int,
     if not todo:
         return files
     bundle, params = ModelBundle.from_run(run), load_params(RunPaths(run))
-    bar = tqdm(total=len(todo), desc=f"iterate {iteration}: collect", unit="ep",
-               disable=not progress)
+    bar = progress_bar(total=len(todo), desc=f"iterate {iteration}: collect", unit="ep",
+                       disable=not progress)
 
     def label(noise: float) -> str:
         return f"agent:iteration={iteration}:noise={noise:g}"
@@ -178,8 +179,7 @@ def collect_agent(run: Path, data: Path, config: IterateConfig, iteration: int,
 
 
 def _steps(path: Path) -> int:
-    with np.load(path, allow_pickle=False) as f:
-        return len(f["reward"])
+    return len(read_npz(path, ["reward"])["reward"])
 
 
 def snapshot(paths: RunPaths, iteration: int, real: float) -> None:
@@ -203,6 +203,7 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
     `data` (default: the directory V was trained on); returns the iterate.csv rows."""
     check(config)
     paths = RunPaths(Path(run))
+    paths.writable()
     for path, made_by in ((paths.vae, "train-vae"), (paths.mdnrnn, "train-mdnrnn"),
                           (paths.es_state, "evolve"), (paths.controller, "evolve")):
         paths.require(path, made_by)
@@ -256,7 +257,7 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
         if chosen.read_bytes() != (paths.root / name).read_bytes():
             shutil.copy2(chosen, paths.root / name)
     if progress:
-        tqdm.write(f"iterate: the agent of iteration {best} (real check {real:.1f}) is the "
+        print(f"iterate: the agent of iteration {best} (real check {real:.1f}) is the "
                    f"run's agent")
     return read_csv(paths.logs / "iterate.csv") if (paths.logs / "iterate.csv").exists() else []
 

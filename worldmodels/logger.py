@@ -8,14 +8,19 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 
 from worldmodels import atomic
+from worldmodels.atomic import writable_dir
 
 
 class RunLogger:
-    def __init__(self, log_dir: Path, stage: str):
+    def __init__(self, log_dir: Path, stage: str, keep_through: int | None = None):
+        """`keep_through`: the step of the checkpoint a stage (re)starts from. Rows logged
+        after it belong to work that was lost (a kill between a row and its checkpoint)
+        and is about to be redone, so they are dropped: a resumed run has no duplicates."""
         self.stage = stage
-        log_dir = Path(log_dir)
-        log_dir.mkdir(parents=True, exist_ok=True)
+        log_dir = writable_dir(Path(log_dir), "--run")
         self.csv_path = log_dir / f"{stage}.csv"
+        if keep_through is not None:
+            _drop_rows_after(self.csv_path, keep_through)
         self.writer = SummaryWriter(log_dir=str(log_dir / "tensorboard" / stage))
 
     def log(self, step: int, **scalars: float) -> None:
@@ -44,6 +49,20 @@ def read_csv(path: Path) -> list[dict[str, float]]:
     with Path(path).open(newline="") as f:
         return [{k: float(v) if v else float("nan") for k, v in row.items()}
                 for row in csv.DictReader(f)]
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns, rows = reader.fieldnames or [], list(reader)
+    kept = [row for row in rows if float(row["step"]) <= step]
+    if len(kept) < len(rows):
+        with atomic.replacing(path) as tmp, tmp.open("w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=columns)
+            out.writeheader()
+            out.writerows(kept)
 
 
 def _csv_header(path: Path) -> list[str] | None:

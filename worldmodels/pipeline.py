@@ -29,13 +29,13 @@ def run_config(paths: RunPaths, preset_name: str, seed: int | None = None) -> Pi
     """The run's saved config, made from the preset (and `seed`) on first use; refuses a run
     of another preset or seed (its stages would silently mix them)."""
     if paths.config.exists():
-        saved = load_json(paths.config)
-        if saved.get("preset") != preset_name:
-            raise UserError(f"{paths.config}: this run was made with --preset "
-                            f"{saved.get('preset')}, not {preset_name}; choose another --run")
-        if seed is not None and saved.get("seed", 0) != seed:
-            raise UserError(f"{paths.config}: this run was made with --seed "
-                            f"{saved.get('seed', 0)}, not {seed}; choose another --run")
+        saved = load_run_config(paths)  # checks the file's keys and types first
+        if saved.preset != preset_name:
+            raise UserError(f"{paths.config}: this run was made with --preset {saved.preset}, "
+                            f"not {preset_name}; choose another --run")
+        if seed is not None and saved.seed != seed:
+            raise UserError(f"{paths.config}: this run was made with --seed {saved.seed}, "
+                            f"not {seed}; choose another --run")
     return load_run_config(paths, default=with_seed(preset(preset_name), seed or 0))
 
 
@@ -64,6 +64,7 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     from worldmodels.video import dream_frames, write_video
 
     paths = RunPaths(Path(run))
+    paths.writable()
     config = run_config(paths, preset_name, seed)
     data = Path(data) if data is not None else paths.root / "data"
     if workers is not None:  # for this invocation only; the saved config keeps the preset's

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
-from worldmodels.errors import UserError
+from worldmodels.errors import UserError, warn
 
 CONNECT_TIMEOUT_S = 5.0
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+EMPTY_SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+SETTINGS_FRAME_TYPE = 0x04
+GCS_PROBE_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"  # cheap, answered by every head
+
+
+def warn_if_address_ignored(address: str | None, workers: int) -> None:
+    if address and workers == 0:
+        warn(f"--address {address} is ignored with --workers 0 (everything runs in-process, "
+             "without Ray)")
 
 
 def ensure_ray(address: str | None = None, workers: int = 1) -> None:
@@ -35,13 +46,71 @@ def ensure_ray(address: str | None = None, workers: int = 1) -> None:
 
 
 def _check_reachable(address: str) -> None:
-    """Fail fast on a HOST:PORT nobody listens on (ray.init would wait for minutes)."""
+    """Fail within seconds, in one line, where ray.init would wait for minutes or print
+    20 s of log lines: nobody listens at HOST:PORT, something that is not a Ray head does,
+    or the head wants an authentication token this process does not have."""
     if address == "auto" or "://" in address:
         return  # `auto` finds the local cluster itself; ray:// goes through Ray Client
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"bad Ray address {address!r}: expected auto or HOST:PORT")
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as sock:
+            speaks_http2 = _answers_http2(sock)
     except OSError as err:
         raise UserError(f"could not reach Ray at {address}: {err.strerror or err}") from None
+    if not speaks_http2:
+        raise UserError(f"{address} is not a Ray head: it does not answer gRPC (Ray's GCS "
+                        "protocol); give the address `ray start --head` printed (port 6379 "
+                        "by default)")
+    _check_token(address)
+
+
+def _answers_http2(sock: socket.socket) -> bool:
+    """Whether the peer answers an HTTP/2 client preface with a SETTINGS frame, as every
+    gRPC server (Ray's GCS among them) does at once; a web server, a database or a silent
+    port does not."""
+    try:
+        sock.sendall(HTTP2_PREFACE + EMPTY_SETTINGS_FRAME)
+        header = b""
+        while len(header) < 9:  # a frame header: length (3), type (1), flags (1), stream (4)
+            chunk = sock.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except OSError:  # a timeout, a reset
+        return False
+    return header[3] == SETTINGS_FRAME_TYPE
+
+
+def _check_token(address: str) -> None:
+    """One unary call to the GCS with the token this process would send (if any): a head
+    started with token authentication (the default of recent Ray) answers UNAUTHENTICATED."""
+    import grpc
+
+    token = local_auth_token()
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(GCS_PROBE_METHOD)  # raw bytes in and out
+        try:
+            call(b"", timeout=CONNECT_TIMEOUT_S, metadata=metadata)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise UserError(
+                    f"the Ray cluster at {address} requires an authentication token and "
+                    f"{'ours was refused' if token else 'none is set here'}: run `ray "
+                    "get-auth-token` on the head and set RAY_AUTH_TOKEN=<token> (or "
+                    "RAY_AUTH_TOKEN_PATH=<file>) and RAY_AUTH_MODE=token") from None
+            # Any other answer (even an error) came from a gRPC server: ray.init decides.
+
+
+def local_auth_token() -> str | None:
+    """The token Ray would send: $RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token (Ray's own lookup order)."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from worldmodels.atomic import writable_dir
 from worldmodels.config import PipelineConfig, from_dict, load_json, save_json
 from worldmodels.errors import UserError
 
@@ -50,6 +51,11 @@ class RunPaths:
     def videos(self) -> Path:
         return self.root / "videos"
 
+    def writable(self) -> Path:
+        """The run directory, made if missing; one line if it cannot be written (checked
+        before a stage works, not when it saves its first file)."""
+        return writable_dir(self.root, "--run")
+
     def require(self, path: Path, made_by: str) -> Path:
         """`path`, or a one-line error saying which command makes it."""
         if not path.exists():
@@ -60,8 +66,8 @@ class RunPaths:
 def load_run_config(paths: RunPaths, default: PipelineConfig | None = None) -> PipelineConfig:
     """The run's saved config; if there is none yet, `default` (saved) or the `small` preset."""
     if paths.config.exists():
-        return from_dict(PipelineConfig, load_json(paths.config))
+        return from_dict(PipelineConfig, load_json(paths.config), str(paths.config))
     config = default or PipelineConfig()
-    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.writable()
     save_json(config, paths.config)
     return config

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from worldmodels import atomic
-from worldmodels.errors import UserError
+from worldmodels.errors import UserError, require_finite
 
 SCALE = 4  # 64x64 frames are tiny on a screen; nearest-neighbour upscaling keeps them crisp
 SUFFIXES = (".mp4", ".gif")
@@ -35,6 +35,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 50,
         raise UserError(f"{path}: video must end in {' or '.join(SUFFIXES)}")
     if not frames:
         raise UserError(f"{path}: no frames to write")
+    atomic.writable_dir(path.parent, "--out")
     # Even sizes: H.264 in yuv420p needs them.
     stack = np.stack([upscale(f, scale) for f in frames])
     stack = stack[:, : stack.shape[1] // 2 * 2, : stack.shape[2] // 2 * 2]
@@ -60,6 +61,7 @@ def dream_frames(run: Path, steps: int = 300, seed: int = 0, tau: float | None =
     paths = RunPaths(Path(run))
     if tau is None:
         tau = load_run_config(paths).evolve.tau
+    require_finite("--tau", tau, above=0)
     env = DreamEnv.from_run(paths.root, tau=tau, max_steps=steps, render_mode="rgb_array")
     params = load_params(paths) if params is None else params
     c = env.dream

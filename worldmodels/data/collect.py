@@ -10,7 +10,6 @@ than the workers) only writes files.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections import deque
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from worldmodels.atomic import TMP_PREFIX, write_bytes
+from worldmodels.atomic import writable_dir, write_bytes
 from worldmodels.config import CollectConfig
 from worldmodels.data.policies import POLICIES, make_policy
 from worldmodels.data.rollouts import (
@@ -29,6 +28,8 @@ from worldmodels.data.rollouts import (
     write_episode,
 )
 from worldmodels.errors import UserError
+from worldmodels.progress import progress_bar
+from worldmodels.ray_session import warn_if_address_ignored
 
 TASKS_PER_WORKER = 2  # one running, one queued: a worker never waits for the driver
 
@@ -73,19 +74,9 @@ class EpisodeWorker:
 
 
 def prepare_out_dir(out: Path) -> None:
-    """Create `out` if needed, check it is a writable directory, drop stale temp files."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"--out {out}: cannot create directory ({err.strerror})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: directory is not writable")
-    # Left by a run that was killed mid-write; the episode they belonged to is redone.
-    for stale in out.glob(f"{TMP_PREFIX}*"):
-        stale.unlink(missing_ok=True)
+    """Create `out` if needed, check it is a writable directory, drop the temp files of
+    killed runs (never those of another collect still writing here)."""
+    writable_dir(out, "--out")
 
 
 def collect(
@@ -98,6 +89,7 @@ def collect(
     if config.episodes < 0 or config.max_steps <= 0 or config.workers < 0 or config.seed < 0:
         raise UserError(f"bad collect config {config}")
     prepare_out_dir(out)
+    warn_if_address_ignored(address, config.workers)
     seeds = [config.seed + i for i in range(config.episodes)]
     paths = [episode_path(out, seed) for seed in seeds]
     missing = [seed for seed in seeds if not episode_path(out, seed).exists()]
@@ -107,7 +99,7 @@ def collect(
         from worldmodels.ray_session import ensure_ray
 
         ensure_ray(address, config.workers)  # before the bar: a bad address is one clean line
-    bar = tqdm(total=len(missing), unit="ep", desc="collect", disable=not progress)
+    bar = progress_bar(total=len(missing), unit="ep", desc="collect", disable=not progress)
     try:
         if config.workers == 0:
             _collect_serial(out, config, missing, bar)

@@ -13,7 +13,6 @@ Files are written atomically (temp name, then rename) and read with allow_pickle
 from __future__ import annotations
 
 import io
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 from worldmodels.atomic import write_bytes
 from worldmodels.data.rollouts import ACTION_SIZE, EPISODE_GLOB
 from worldmodels.errors import UserError
+from worldmodels.npfiles import read_npz
 
 
 @dataclass
@@ -41,6 +41,8 @@ class BadLatentsError(UserError):
 
 
 def check_latents(latents: Latents, where: Path | str) -> None:
+    if np.ndim(latents.action) == 0:  # len() of a 0-d array would raise TypeError
+        raise BadLatentsError(f"{where}: action is a scalar, expected shape (T, {ACTION_SIZE})")
     t = len(latents.action)
     z = latents.mu.shape[-1] if latents.mu.ndim == 2 else -1
     expected = {
@@ -66,21 +68,16 @@ def write_latents(path: Path, latents: Latents) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+LATENTS_KEYS = ("mu", "logvar", "action", "reward", "done")
+
+
 def read_latents(path: Path) -> Latents:
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"mu", "logvar", "action", "reward", "done"} - set(data.files)
-            if missing:
-                raise BadLatentsError(f"{path}: missing keys {sorted(missing)}")
-            latents = Latents(data["mu"], data["logvar"], data["action"], data["reward"],
-                              data["done"])
-    except BadLatentsError:
-        raise
-    except FileNotFoundError:
-        raise BadLatentsError(f"{path}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
-        raise BadLatentsError(f"{path}: corrupt or truncated ({type(err).__name__})") from None
+    data = read_npz(path, LATENTS_KEYS, BadLatentsError)
+    missing = set(LATENTS_KEYS) - set(data)
+    if missing:
+        raise BadLatentsError(f"{path}: missing keys {sorted(missing)}")
+    latents = Latents(*(data[key] for key in LATENTS_KEYS))
     check_latents(latents, path)
     return latents
 

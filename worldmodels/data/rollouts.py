@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import warnings
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from worldmodels.atomic import write_bytes
 from worldmodels.errors import UserError
+from worldmodels.npfiles import read_npz
 
 FRAME_SHAPE = (64, 64, 3)
 ACTION_SIZE = 3
@@ -61,31 +61,33 @@ def write_episode(path: Path, episode: Episode) -> None:
     write_bytes(path, encode_episode(episode))
 
 
+EPISODE_KEYS = ("obs", "action", "reward", "done", "seed", "policy")
+
+
 def read_episode(path: Path) -> Episode:
     """Read and check one episode file; raises BadEpisodeError naming the file and the fault."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = {"obs", "action", "reward", "done", "seed", "policy"} - set(data.files)
-            if missing:
-                raise BadEpisodeError(f"{path}: missing keys {sorted(missing)}")
-            episode = Episode(
-                obs=data["obs"], action=data["action"], reward=data["reward"],
-                done=data["done"], seed=int(data["seed"]), policy=str(data["policy"]),
-            )
-    except BadEpisodeError:
-        raise
-    except FileNotFoundError:
-        raise BadEpisodeError(f"{path}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
-        reason = f"{type(err).__name__}: {err}"
-        raise BadEpisodeError(f"{path}: corrupt or truncated ({reason})") from None
+    data = read_npz(path, EPISODE_KEYS, BadEpisodeError)
+    missing = set(EPISODE_KEYS) - set(data)
+    if missing:
+        raise BadEpisodeError(f"{path}: missing keys {sorted(missing)}")
+    seed, policy = data["seed"], data["policy"]
+    if seed.shape != () or not np.issubdtype(seed.dtype, np.integer):
+        raise BadEpisodeError(f"{path}: seed has shape {seed.shape} {seed.dtype}, expected a "
+                              "single integer")
+    if policy.shape != () or policy.dtype.kind != "U":
+        raise BadEpisodeError(f"{path}: policy has shape {policy.shape} {policy.dtype}, "
+                              "expected a single string")
+    episode = Episode(obs=data["obs"], action=data["action"], reward=data["reward"],
+                      done=data["done"], seed=int(seed), policy=str(policy))
     check_episode(episode, path)
     return episode
 
 
 def check_episode(episode: Episode, path: Path | str) -> None:
     """Raise BadEpisodeError if shapes or dtypes are not those of an episode."""
+    if np.ndim(episode.action) == 0:  # len() of a 0-d array would raise TypeError
+        raise BadEpisodeError(f"{path}: action is a scalar, expected shape (T, {ACTION_SIZE})")
     t = len(episode.action)
     expected = {
         "obs": ((t, *FRAME_SHAPE), np.uint8),

@@ -30,19 +30,23 @@ RUN/logs/evolve_real.csv (the CMA-ES mean scored in the real env every N generat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pickle
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from worldmodels import atomic
 from worldmodels.config import EvolveConfig, from_dict
-from worldmodels.errors import UserError
+from worldmodels.errors import UserError, require_finite
+from worldmodels.evolve import safe_pickle
 from worldmodels.logger import RunLogger
+from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
 
 REAL_EVAL_SEED = 2_000_000  # the periodic real-env check uses the same episodes every time
@@ -61,17 +65,18 @@ class EvolveState:
 
 
 def validate(config: EvolveConfig) -> None:
+    # Named as config keys too: the value may come from RUN/config.json, not from a flag.
     if config.where not in ("dream", "real"):
-        raise UserError(f"--in must be dream or real, got {config.where!r}")
-    if not config.tau > 0:
-        raise UserError(f"--tau must be > 0, got {config.tau}")
+        raise UserError(f"evolve.where (config.json or --in) must be dream or real, got "
+                        f"{config.where!r}")
+    require_finite("evolve.tau (config.json or --tau)", config.tau, above=0)
     if config.popsize < 2:
-        raise UserError(f"--popsize must be >= 2 (CMA-ES needs a population), got "
-                        f"{config.popsize}")
+        raise UserError(f"evolve.popsize (config.json or --popsize) must be >= 2 (CMA-ES "
+                        f"needs a population), got {config.popsize}")
     if config.rollouts < 1 or config.generations < 1 or config.max_steps < 1:
-        raise UserError("--rollouts, --generations and max_steps must be >= 1")
-    if not config.sigma0 > 0:
-        raise UserError(f"sigma0 must be > 0, got {config.sigma0}")
+        raise UserError("evolve.rollouts, generations and max_steps (config.json or flags) "
+                        "must be >= 1")
+    require_finite("evolve.sigma0 (config.json)", config.sigma0, above=0)
 
 
 def rollout_seeds(seed: int, generation: int, popsize: int, rollouts: int) -> np.ndarray:
@@ -92,13 +97,39 @@ def save_state(path: Path, state: EvolveState) -> None:
     atomic.write_bytes(path, pickle.dumps(asdict(state)))
 
 
-def load_state(path: Path) -> EvolveState:
-    # Unpickling: cma's own state is a pickle (DESIGN.md); this file is written by us, in the run.
+def _unpickle(path: Path, data: bytes) -> Any:
+    """Restricted unpickling (safe_pickle): a run directory from elsewhere runs no code."""
     try:
-        with path.open("rb") as f:
-            return EvolveState(**pickle.load(f))
-    except (OSError, EOFError, pickle.UnpicklingError, TypeError, AttributeError) as err:
+        return safe_pickle.loads(data)
+    except safe_pickle.UnsafePickleError as err:
+        raise UserError(f"{path}: not loaded, it is not a plain CMA-ES state ({err})") from None
+    except Exception as err:  # garbage raises anything: ValueError, EOFError, KeyError, ...
         raise UserError(f"{path}: not a readable CMA-ES state ({type(err).__name__})") from None
+
+
+def load_state(path: Path) -> EvolveState:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or type(err).__name__})") from None
+    raw = _unpickle(path, data)
+    names = {f.name for f in dataclasses.fields(EvolveState)}
+    if not isinstance(raw, dict) or set(raw) != names:
+        raise UserError(f"{path}: not a CMA-ES state of this package (expected keys "
+                        f"{sorted(names)})")
+    state = EvolveState(**raw)
+    if (not isinstance(state.es_bytes, bytes) or not isinstance(state.generation, int)
+            or not isinstance(state.config, dict)):
+        raise UserError(f"{path}: not a CMA-ES state of this package (fields of the wrong type)")
+    return state
+
+
+def load_es(path: Path, state: EvolveState) -> Any:
+    """cma's CMAEvolutionStrategy from the state's `pickle_dumps()` bytes."""
+    es = _unpickle(path, state.es_bytes)
+    if type(es).__name__ != "CMAEvolutionStrategy":
+        raise UserError(f"{path}: es_bytes hold a {type(es).__name__}, not a CMA-ES state")
+    return es
 
 
 def save_params(path: Path, params: np.ndarray) -> None:
@@ -118,6 +149,7 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
 
     validate(config)
     paths = RunPaths(Path(run))
+    paths.writable()
     bundle = ModelBundle.from_run(paths.root)  # one line if V, M or latents are missing
     n_params = bundle.param_count
     if paths.es_state.exists() and not resume:
@@ -125,13 +157,13 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
                         "another --run")
     if resume and paths.es_state.exists():
         state = load_state(paths.es_state)
-        saved = from_dict(EvolveConfig, state.config)
+        saved = from_dict(EvolveConfig, state.config, str(paths.es_state))
         if config.popsize != saved.popsize:
             raise UserError(f"{paths.es_state}: this run evolves a population of "
                             f"{saved.popsize}; it cannot resume with --popsize {config.popsize}")
         config.seed, config.sigma0 = saved.seed, saved.sigma0  # they belong to the CMA-ES state
         state.config = asdict(config)
-        es = pickle.loads(state.es_bytes)
+        es = load_es(paths.es_state, state)
     else:
         es = cma.CMAEvolutionStrategy(np.zeros(n_params), config.sigma0, {
             "popsize": config.popsize, "seed": config.seed + 1, "verbose": -9,
@@ -150,10 +182,10 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
     own_evaluator = evaluator is None
     if own_evaluator:
         evaluator = make_evaluator(bundle, config.workers, address)
-    logger = RunLogger(paths.logs, "evolve")
-    real_logger = RunLogger(paths.logs, "evolve_real")
-    bar = tqdm(total=config.generations, initial=state.generation, desc=f"evolve ({config.where})",
-               unit="gen", disable=not progress)
+    logger = RunLogger(paths.logs, "evolve", keep_through=state.generation)
+    real_logger = RunLogger(paths.logs, "evolve_real", keep_through=state.generation)
+    bar = progress_bar(total=config.generations, initial=state.generation, unit="gen",
+                       desc=f"evolve ({config.where})", disable=not progress)
     try:
         for gen in range(state.generation, config.generations):
             t0 = time.perf_counter()
@@ -178,15 +210,17 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
                 if real_mean > state.selected_real:
                     state.selected_params, state.selected_real = mean, real_mean
                     state.selected_generation = gen + 1
-            state.generation, state.es_bytes = gen + 1, es.pickle_dumps()
-            save_params(paths.controller,
-                        mean if state.selected_params is None else state.selected_params)
-            save_state(paths.es_state, state)
+            # Rows first, then the state: a kill in between leaves rows past the saved
+            # generation, which the resumed run's loggers drop (keep_through), then redoes.
             seconds = time.perf_counter() - t0
             logger.log(gen + 1, best=fitness.max(), mean=fitness.mean(), worst=fitness.min(),
                        sigma=es.sigma, best_ever=state.best_fitness, seconds=seconds)
             if real_mean is not None:
                 real_logger.log(gen + 1, real_mean=real_mean, selected=state.selected_real)
+            state.generation, state.es_bytes = gen + 1, es.pickle_dumps()
+            save_params(paths.controller,
+                        mean if state.selected_params is None else state.selected_params)
+            save_state(paths.es_state, state)
             bar.update(1)
             bar.set_postfix(best=f"{fitness.max():.1f}", mean=f"{fitness.mean():.1f}",
                             sigma=f"{es.sigma:.3f}",
@@ -205,7 +239,7 @@ def cli_evolve(args: argparse.Namespace) -> int:
     paths.require(paths.vae, "train-vae")
     paths.require(paths.mdnrnn, "train-mdnrnn")
     if args.resume and paths.es_state.exists():  # resume with the settings it was started with
-        config = from_dict(EvolveConfig, load_state(paths.es_state).config)
+        config = from_dict(EvolveConfig, load_state(paths.es_state).config, str(paths.es_state))
     else:
         config = load_run_config(paths).evolve
     for flag, name in (("where", "where"), ("generations", "generations"),

@@ -1,17 +1,20 @@
 """Who runs the rollouts: Ray actors created once with the model weights, or the same work
 serially in-process (`--workers 0`). Both have one interface:
 
-    evaluator.returns(where, params, seeds, tau, max_steps, bar=None) -> total reward per row
+    evaluator.returns(where, params, seeds, tau, max_steps, bar=None, on_rows=None)
+        -> total reward per row
 
 `params` is (n, P) controller vectors (None: the random policy) and `seeds` (n,): row i is
 one rollout of params[i] with seed seeds[i], in the dream (M) or in the real CarRacing.
 Each call sends only these arrays; the weights went to each actor once, as state dicts
 (not paths), so actors work on any node of a cluster. `bar` (a tqdm bar, optional) advances
-by each row as it finishes: real episodes take seconds each.
+by each row as it finishes: real episodes take seconds each. `on_rows(lo, hi, returns)`
+(optional) is called as each chunk of rows finishes, so a caller can keep finished work.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +26,11 @@ from worldmodels.config import MDNRNNConfig, VAEConfig, from_dict
 from worldmodels.errors import UserError
 from worldmodels.models.mdnrnn import MDNRNN
 from worldmodels.models.vae import ConvVAE
+from worldmodels.ray_session import warn_if_address_ignored
 from worldmodels.run import RunPaths
 
 WHERE = ("dream", "real")
+RowsDone = Callable[[int, int, np.ndarray], None]  # (lo, hi, returns of rows lo..hi)
 
 
 @dataclass
@@ -52,6 +57,10 @@ class ModelBundle:
         vae_config = vae_state = None
         if with_vae:
             vae, _ = checkpoint.load_model(paths.vae, ConvVAE, VAEConfig)
+            if vae.config.z_size != mdnrnn.config.z_size:  # else a matmul error mid-run
+                raise UserError(f"{paths.vae}: V has z size {vae.config.z_size} but "
+                                f"{paths.mdnrnn.name} was trained on z size "
+                                f"{mdnrnn.config.z_size}; retrain M (train-mdnrnn) after V")
             vae_config, vae_state = asdict(vae.config), vae.state_dict()
         mu, logvar = load_starts(paths.latents)
         if mu.shape[1] != mdnrnn.config.z_size:
@@ -141,12 +150,15 @@ class SerialEvaluator:
         self.worker = RolloutWorker(bundle)
 
     def returns(self, where: str, params: np.ndarray | None, seeds: np.ndarray,
-                tau: float = 1.0, max_steps: int = 1000, bar=None) -> np.ndarray:
+                tau: float = 1.0, max_steps: int = 1000, bar=None,
+                on_rows: RowsDone | None = None) -> np.ndarray:
         seeds = np.asarray(seeds)
         out = np.empty(len(seeds), np.float64)
         for lo, hi in chunk_bounds(where, len(seeds), workers=1):
             rows = None if params is None else params[lo:hi]
             out[lo:hi] = self.worker.run(where, rows, seeds[lo:hi], tau, max_steps)
+            if on_rows is not None:
+                on_rows(lo, hi, out[lo:hi])
             if bar is not None:
                 bar.update(hi - lo)
         return out
@@ -176,7 +188,8 @@ class RayEvaluator:
         return self.actor_cls.remote(self.bundle_ref, threads=1)
 
     def returns(self, where: str, params: np.ndarray | None, seeds: np.ndarray,
-                tau: float = 1.0, max_steps: int = 1000, bar=None) -> np.ndarray:
+                tau: float = 1.0, max_steps: int = 1000, bar=None,
+                on_rows: RowsDone | None = None) -> np.ndarray:
         import ray
         from ray.exceptions import RayActorError
 
@@ -201,6 +214,8 @@ class RayEvaluator:
             try:
                 lo, hi = chunks[chunk]
                 out[lo:hi] = ray.get(ref)
+                if on_rows is not None:
+                    on_rows(lo, hi, out[lo:hi])
                 if bar is not None:
                     bar.update(hi - lo)
             except RayActorError:
@@ -220,6 +235,7 @@ class RayEvaluator:
 
 def make_evaluator(bundle: ModelBundle, workers: int, address: str | None = None):
     """`workers` 0: SerialEvaluator; otherwise a RayEvaluator with that many actors."""
+    warn_if_address_ignored(address, workers)
     if workers == 0:
         return SerialEvaluator(bundle)
     return RayEvaluator(bundle, workers, address)

@@ -13,6 +13,7 @@ Three sources:
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,10 @@ import torch
 from torch import Tensor
 
 from worldmodels.errors import UserError
+from worldmodels.npfiles import read_npz
 
 DEFAULT_DATA = Path(__file__).parent / "data" / "omniglot_stroke3.npz"
+FLAT_KEYS = ("train_strokes", "train_offsets", "valid_strokes", "valid_offsets")
 START_TOKEN = (0.0, 0.0, 1.0)  # "the pen was just lifted": every drawing begins a new stroke
 
 
@@ -56,30 +59,38 @@ def load_drawings(path: Path, allow_pickle: bool = False, valid_fraction: float 
 
 def load_npz(path: Path, allow_pickle: bool = False) -> Splits:
     """The flat Omniglot layout (no pickle), or sketch-rnn object arrays (with allow_pickle)."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-        keys = set(archive.files)
-    except Exception as err:
-        raise UserError(f"{path}: not a readable .npz file ({type(err).__name__})") from None
-    if {"train_strokes", "train_offsets"} <= keys:
-        return Splits(*(_flat_split(archive, path, s) for s in ("train", "valid")))
-    if "train" in keys:
+    members = _member_names(path)
+    if "train" in members:
         if not allow_pickle:
             raise UserError(f"{path}: sketch-rnn .npz holds object arrays that need pickle; "
                             "pass --allow-pickle only if you trust this file")
         return load_sketch_rnn(path)
-    raise UserError(f"{path}: unknown .npz layout (keys {sorted(keys)[:5]}); expected "
+    archive = read_npz(path, FLAT_KEYS)
+    keys = set(archive)
+    if {"train_strokes", "train_offsets"} <= keys:
+        return Splits(*(_flat_split(archive, path, s) for s in ("train", "valid")))
+    raise UserError(f"{path}: unknown .npz layout (keys {sorted(members)[:5]}); expected "
                     "train_strokes/train_offsets or sketch-rnn train/valid/test")
 
 
-def _flat_split(archive, path: Path, split: str) -> list[np.ndarray]:
-    if f"{split}_strokes" not in archive.files:
-        return []
+def _member_names(path: Path) -> list[str]:
+    """The array names in an .npz, without reading (or unpickling) any array."""
     try:
-        strokes = archive[f"{split}_strokes"]
-        offsets = archive[f"{split}_offsets"]
-    except Exception as err:
-        raise UserError(f"{path}: cannot read split {split!r} ({type(err).__name__})") from None
+        with zipfile.ZipFile(path) as zf:
+            return [name.removesuffix(".npy") for name in zf.namelist()]
+    except (OSError, zipfile.BadZipFile):
+        return []  # read_npz names the fault
+
+
+def _flat_split(archive: dict[str, np.ndarray], path: Path, split: str) -> list[np.ndarray]:
+    if f"{split}_strokes" not in archive:
+        return []
+    if f"{split}_offsets" not in archive:
+        raise UserError(f"{path}: {split}_strokes without {split}_offsets")
+    strokes, offsets = archive[f"{split}_strokes"], archive[f"{split}_offsets"]
+    for key, array in ((f"{split}_strokes", strokes), (f"{split}_offsets", offsets)):
+        if not np.issubdtype(array.dtype, np.number) or array.dtype.kind == "c":
+            raise UserError(f"{path}: {key} holds {array.dtype} values, expected numbers")
     if strokes.ndim != 2 or strokes.shape[1] != 3:
         raise UserError(f"{path}: {split}_strokes has shape {strokes.shape}, expected (points, 3)")
     if (offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0
@@ -135,7 +146,10 @@ def _read_iam_file(path: Path) -> np.ndarray:
         return np.zeros((0, 3), np.float32)
     absolute = np.asarray(points, dtype=np.float64)
     offsets = np.diff(absolute, axis=0, prepend=absolute[:1])  # first point: (0, 0)
-    return np.column_stack([offsets, pens]).astype(np.float32)
+    # A nan or 1e300 coordinate would train to a nan loss: refused as the .npz loader does.
+    with np.errstate(over="ignore"):  # an overflow to inf is what _checked reports
+        drawing = np.column_stack([offsets, pens]).astype(np.float32)
+    return _checked(drawing, path, "lineStrokes")
 
 
 def _checked(drawing: np.ndarray, path: Path, where: str) -> np.ndarray:

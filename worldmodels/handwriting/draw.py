@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from worldmodels import atomic
-from worldmodels.errors import UserError
+from worldmodels.errors import UserError, require_finite
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
            "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
@@ -109,6 +109,7 @@ def save_picture(panels: list[tuple[str, list[np.ndarray]]], path: Path, columns
     if suffix not in (".svg", ".png"):
         raise UserError(f"{path}: output must end in .svg or .png")
     picture = layout(panels, columns)
+    atomic.writable_dir(path.parent, "--out")
     with atomic.replacing(path) as tmp:
         if suffix == ".svg":
             tmp.write_text(to_svg(picture))
@@ -122,8 +123,9 @@ def cli_sample(args: argparse.Namespace) -> int:
 
     if Path(args.out).suffix.lower() not in (".svg", ".png"):
         raise UserError(f"{args.out}: --out must end in .svg or .png")
-    if any(b < 0 for b in args.bias):
-        raise UserError(f"--bias must be >= 0, got {args.bias}")
+    for b in args.bias:
+        require_finite("--bias", b, at_least=0)
+    require_finite("--temperature", args.temperature, above=0)
     model, payload = load_checkpoint(checkpoint_path(args.run))
     points = args.points or model.config.typical_points
     panels = [(f"samples, bias {b:g}", sample(model, args.n, points, bias=b,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from worldmodels.errors import require_finite
 from worldmodels.handwriting.data import START_TOKEN, Batch, denormalise
 from worldmodels.models.mdn import BivariateHead, BivariateParams
 
@@ -77,6 +78,8 @@ class HandwritingModel(nn.Module):
 def sample(model: HandwritingModel, n: int, points: int, bias: float = 0.0,
            temperature: float = 1.0, seed: int = 0) -> list[np.ndarray]:
     """`n` drawings of `points` points each, in data units (stroke-3, last point lifts the pen)."""
+    require_finite("bias", bias, at_least=0)
+    require_finite("temperature", temperature, above=0)
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     x = torch.tensor(START_TOKEN).expand(n, 1, 3).contiguous()

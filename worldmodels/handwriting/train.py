@@ -17,7 +17,9 @@ import torch
 from tqdm import tqdm
 
 from worldmodels import checkpoint
-from worldmodels.errors import UserError
+from worldmodels.atomic import writable_dir
+from worldmodels.config import warn_ignored_on_resume
+from worldmodels.errors import UserError, warn
 from worldmodels.handwriting.data import (
     DEFAULT_DATA,
     batch_count,
@@ -28,6 +30,7 @@ from worldmodels.handwriting.data import (
 )
 from worldmodels.handwriting.model import HandwritingConfig, HandwritingModel
 from worldmodels.logger import RunLogger
+from worldmodels.progress import progress_bar
 
 KIND = "handwriting"
 EXAMPLES = 64  # validation drawings kept in the checkpoint, in data units
@@ -79,11 +82,18 @@ def evaluate(model: HandwritingModel, drawings: list[np.ndarray], batch_size: in
 def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False,
           allow_pickle: bool = False, progress: bool = True) -> dict[str, float]:
     """Train (or resume) the model in `run`; returns the final train and valid NLL."""
-    run = Path(run)
+    run = writable_dir(Path(run), "--run")
     ckpt = checkpoint_path(run)
     payload: dict = {}
     if resume and ckpt.exists():
         model, payload = load_checkpoint(ckpt)
+        # Set by training from the data, not by the user: never "ignored".
+        warn_ignored_on_resume("handwriting train", config, model.config,
+                               keep=("epochs", "scale_x", "scale_y", "typical_points", "data"))
+        saved_data = Path(model.config.data) if model.config.data else DEFAULT_DATA
+        if Path(data).resolve() != saved_data.resolve():
+            warn(f"handwriting train --resume keeps the checkpoint's data {saved_data} "
+                 f"(not {data})")
         epochs = config.epochs
         config = model.config  # the run's own config wins; only the epoch count may change
         config.epochs, data = epochs, Path(config.data) if config.data else DEFAULT_DATA
@@ -112,7 +122,8 @@ def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False
         optimizer.load_state_dict(payload["optimizer"])
     start_epoch, step = int(payload.get("epoch", 0)), int(payload.get("step", 0))
     # Two CSVs, because a CSV keeps one set of columns: per-epoch summaries and per-step loss.
-    logger, step_logger = RunLogger(run / "logs", KIND), RunLogger(run / "logs", f"{KIND}_steps")
+    logger = RunLogger(run / "logs", KIND, keep_through=step)
+    step_logger = RunLogger(run / "logs", f"{KIND}_steps", keep_through=step)
     result = {"train_nll": float(payload.get("train_nll", float("nan"))),
               "valid_nll": float(payload.get("valid_nll", float("nan")))}
     try:
@@ -120,10 +131,10 @@ def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False
             model.train()
             rng = np.random.default_rng(config.seed * 1000 + epoch)  # resumable shuffling
             total, points, t0 = 0.0, 0, time.perf_counter()
-            bar = tqdm(iter_batches(train_set, config.batch_size, rng),
-                       total=batch_count(len(train_set), config.batch_size),
-                       desc=f"handwriting epoch {epoch + 1}/{config.epochs}",
-                       disable=not progress, leave=False)
+            bar = progress_bar(iter_batches(train_set, config.batch_size, rng),
+                               total=batch_count(len(train_set), config.batch_size),
+                               desc=f"handwriting epoch {epoch + 1}/{config.epochs}",
+                               disable=not progress, leave=False)
             for batch in bar:
                 loss = model.loss(batch)
                 optimizer.zero_grad()

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from worldmodels.atomic import writable_dir
 from worldmodels.data.latents import Latents, write_latents
 from worldmodels.data.rollouts import iter_episodes
 from worldmodels.errors import UserError
+from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths
 from worldmodels.train.vae import episode_files, load_vae
 
@@ -26,10 +27,10 @@ def encode(run: Path, data: Path, progress: bool = True,
     paths = RunPaths(Path(run))
     model, _ = load_vae(paths.root)
     files = episode_files(Path(data)) if files is None else files
-    paths.latents.mkdir(parents=True, exist_ok=True)
+    writable_dir(paths.latents, "--run")
     written = []
-    bar = tqdm(iter_episodes(files), total=len(files), desc="encode", unit="episode",
-               disable=not progress)
+    bar = progress_bar(iter_episodes(files), total=len(files), desc="encode", unit="episode",
+                       disable=not progress)
     with torch.no_grad():
         for path, episode in bar:
             mus, logvars = [], []

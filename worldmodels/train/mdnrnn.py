@@ -36,7 +36,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from worldmodels import checkpoint
-from worldmodels.config import MDNRNNConfig
+from worldmodels.config import MDNRNNConfig, warn_ignored_on_resume
 from worldmodels.data.latents import (
     SequenceBatch,
     SequenceSampler,
@@ -48,6 +48,7 @@ from worldmodels.data.rollouts import split_holdout
 from worldmodels.errors import UserError
 from worldmodels.logger import RunLogger
 from worldmodels.models.mdnrnn import MDNRNN, DropoutMasks, LSTMState, check_dropout
+from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
 
 EVAL_SEED = 12_345  # fixed z samples for the held-out set: comparable across epochs
@@ -206,6 +207,7 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
     """Train (or with `resume`, continue) M of `run` on RUN/latents (made by `encode`)."""
     check_dropout(config.dropout)
     paths = RunPaths(Path(run))
+    paths.writable()
     paths.require(paths.vae, "train-vae")
     paths.require(paths.latents, "encode")
     files = list_latents(paths.latents)
@@ -222,6 +224,7 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
             if trained != asked:
                 raise UserError(f"{ckpt} was trained with {name} {trained}, not {asked}; "
                                 "resume with the same setting or choose another --run")
+        warn_ignored_on_resume("train-mdnrnn", config, model.config)
         epochs = config.epochs
         config = model.config  # the run's own config wins; only the epoch count may change
         config.epochs = epochs
@@ -247,8 +250,8 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
     if start_epoch >= config.epochs and progress:
         tqdm.write(f"train-mdnrnn: {ckpt} already has {start_epoch} epochs; nothing to do")
 
-    logger = RunLogger(paths.logs, "mdnrnn")
-    step_logger = RunLogger(paths.logs, "mdnrnn_steps")
+    logger = RunLogger(paths.logs, "mdnrnn", keep_through=step)
+    step_logger = RunLogger(paths.logs, "mdnrnn_steps", keep_through=step)
     try:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
@@ -285,8 +288,8 @@ def _train_epoch(model: MDNRNN, optimizer: torch.optim.Optimizer, train_set: Seq
     carried = CarriedState(model, config.batch_size, generator)
     names = ("loss", "z_nll", "reward_mse", "done_bce")
     sums, n_batches = np.zeros(len(names)), 0
-    bar = tqdm(groups, desc=f"train-mdnrnn epoch {epoch + 1}/{config.epochs}", unit="batch",
-               disable=not progress, leave=False)
+    bar = progress_bar(groups, desc=f"train-mdnrnn epoch {epoch + 1}/{config.epochs}",
+                       unit="batch", disable=not progress, leave=False)
     for group in bar:
         state, masks = carried.begin(group)
         losses, final = batch_losses(model, train_set.batch(group.episode, group.start),

@@ -20,12 +20,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from worldmodels import atomic, checkpoint
-from worldmodels.config import VAEConfig
+from worldmodels.config import VAEConfig, warn_ignored_on_resume
 from worldmodels.data.frames import iter_frames_in_order, stream_frames
 from worldmodels.data.rollouts import list_episodes, split_holdout
 from worldmodels.errors import UserError
 from worldmodels.logger import RunLogger
 from worldmodels.models.vae import ConvVAE
+from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
 
 PNG_FRAMES = 8
@@ -90,12 +91,14 @@ def train_vae(data: Path, run: Path, config: VAEConfig, resume: bool = False,
               progress: bool = True) -> None:
     """Train (or with `resume`, continue) V of `run` on the episodes in `data`."""
     data, paths = Path(data), RunPaths(Path(run))
+    paths.writable()
     ckpt = paths.vae
     payload: dict = {}
     if ckpt.exists() and not resume:
         raise UserError(f"{ckpt} exists; pass --resume to continue it or choose another --run")
     if resume and ckpt.exists():
         model, payload = checkpoint.load_model(ckpt, ConvVAE, VAEConfig)
+        warn_ignored_on_resume("train-vae", config, model.config)
         epochs = config.epochs
         config = model.config  # the run's own config wins; only the epoch count may change
         config.epochs = epochs
@@ -112,8 +115,8 @@ def train_vae(data: Path, run: Path, config: VAEConfig, resume: bool = False,
         tqdm.write(f"train-vae: {ckpt} already has {start_epoch} epochs; nothing to do")
     preview = _preview_frames(valid_paths or train_paths)
 
-    logger = RunLogger(paths.logs, "vae")
-    step_logger = RunLogger(paths.logs, "vae_steps")
+    logger = RunLogger(paths.logs, "vae", keep_through=step)
+    step_logger = RunLogger(paths.logs, "vae_steps", keep_through=step)
     try:
         for epoch in range(start_epoch, config.epochs):
             model.train()
@@ -123,8 +126,8 @@ def train_vae(data: Path, run: Path, config: VAEConfig, resume: bool = False,
                                     seed, config.max_frames_per_epoch)
             totals = np.zeros(3)
             frames_seen, t0 = 0, time.perf_counter()
-            bar = tqdm(batches, desc=f"train-vae epoch {epoch + 1}/{config.epochs}",
-                       unit="batch", disable=not progress, leave=False)
+            bar = progress_bar(batches, desc=f"train-vae epoch {epoch + 1}/{config.epochs}",
+                               unit="batch", disable=not progress, leave=False)
             for frames in bar:
                 loss, rec, kl = model.loss(torch.from_numpy(frames))
                 optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,65 @@
+"""RUN/config.json: unknown keys, values of the wrong type and non-objects are named by key."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import pytest
+from fake_run import make_run
+
+from worldmodels.cli import main
+from worldmodels.config import PipelineConfig, from_dict, preset
+from worldmodels.errors import UserError
+from worldmodels.run import RunPaths, load_run_config
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"mdnrnn": {"epochs": "ten"}}, 'mdnrnn.epochs must be an int, got "ten"'),
+    ({"vae": {"batch_size": "32"}}, 'vae.batch_size must be an int, got "32"'),
+    ({"vae": {"batch_size": True}}, "vae.batch_size must be an int, got true"),
+    ({"evolve": {"tau": "hot"}}, 'evolve.tau must be a finite number, got "hot"'),
+    ({"evolve": {"tau": float("inf")}}, "evolve.tau must be a finite number, got inf"),
+    ({"evolve": {"where": 3}}, "evolve.where must be a string, got 3"),
+    ({"collect": "lots"}, 'collect must be an object, got "lots"'),
+    ([1, 2], "the top level must be an object, got \\[1, 2\\]"),
+    ({"evaluate": {"episodez": 3}},
+     "unknown config keys \\['evaluate.episodez'\\] \\(not fields of EvaluateConfig\\)"),
+])
+def test_wrong_types_and_shapes_are_named_by_key(tmp_path, data, message):
+    paths = RunPaths(tmp_path)
+    paths.config.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=f"^{paths.config}: {message}$"):
+        load_run_config(paths)
+
+
+@dataclass
+class Inner:  # fields like those other stages add (a dropout rate, a flag)
+    tbptt: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_the_check_is_generic_over_fields_bools_included():
+    assert from_dict(Outer, {"inner": {"tbptt": True, "dropout": 1}}).inner.dropout == 1.0
+    with pytest.raises(UserError, match="inner.tbptt must be true or false, got 1"):
+        from_dict(Outer, {"inner": {"tbptt": 1}}, "x.json")
+    # Every preset round-trips through the checker.
+    for name in ("tiny", "small", "paper"):
+        config = preset(name)
+        assert from_dict(PipelineConfig, json.loads(json.dumps(asdict(config)))) == config
+
+
+def test_a_bad_config_value_names_the_key_not_a_flag(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    config = preset("tiny")
+    config.evaluate.episodes = -3
+    RunPaths(run).config.write_text(json.dumps(asdict(config)))
+    (run / "controller.npy").write_bytes(b"")
+    assert main(["evaluate", "--run", str(run), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("evaluate.episodes (config.json or --episodes) must be >= 1, got -3")
