@@ -286,3 +286,12 @@ def test_training_with_dropout_and_carried_state_runs_and_resumes_exactly(encode
     assert a.config.dropout == 0.1 and a.config.carry_state
     for wa, wb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
         assert torch.equal(wa, wb)
+
+
+def test_a_damaged_latents_file_is_skipped_with_a_warning(encoded_run, tmp_path):
+    run = _copy_run(encoded_run, tmp_path, MDNRNNConfig(**vars(TINY)))
+    damaged = list_latents(RunPaths(run).latents)[0]
+    damaged.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.warns(UserWarning, match=damaged.name):
+        train_mdnrnn(run, MDNRNNConfig(**vars(TINY)), progress=False)
+    assert (run / "mdnrnn.pt").exists()

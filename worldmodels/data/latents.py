@@ -13,6 +13,7 @@ Files are written atomically (temp name, then rename) and read with allow_pickle
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,17 @@ def read_latents(path: Path) -> Latents:
     latents = Latents(*(data[key] for key in LATENTS_KEYS))
     check_latents(latents, path)
     return latents
+
+
+def read_good_latents(paths: list[Path]) -> list[Latents]:
+    """Every readable file of `paths`; a bad one is skipped with a warning that names it."""
+    good = []
+    for path in paths:
+        try:
+            good.append(read_latents(path))
+        except BadLatentsError as err:
+            warnings.warn(f"skipping {err}", stacklevel=2)
+    return good
 
 
 def list_latents(directory: Path) -> list[Path]:

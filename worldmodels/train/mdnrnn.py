@@ -42,7 +42,7 @@ from worldmodels.data.latents import (
     SequenceSampler,
     WindowGroup,
     list_latents,
-    read_latents,
+    read_good_latents,
 )
 from worldmodels.data.rollouts import split_holdout
 from worldmodels.errors import UserError
@@ -74,9 +74,9 @@ def rnn_threads(config: MDNRNNConfig):
 
 
 def load_sampler(paths: list[Path], seq_len: int) -> SequenceSampler | None:
-    if not paths:
-        return None
-    return SequenceSampler([read_latents(p) for p in paths], seq_len)
+    """All readable episodes of `paths` (bad files skipped with a warning), or None."""
+    episodes = read_good_latents(paths)
+    return SequenceSampler(episodes, seq_len) if episodes else None
 
 
 def done_pos_weight(config: MDNRNNConfig, sampler: SequenceSampler) -> float:
@@ -235,6 +235,8 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
     train_files, valid_files = split_holdout(files, config.holdout_episodes)
     train_set = load_sampler(train_files, config.seq_len)
     valid_set = load_sampler(valid_files, config.seq_len)
+    if train_set is None:
+        raise UserError(f"{paths.latents}: none of the training episodes could be read")
     z_size = train_set.mu.shape[1]
     if z_size != config.z_size:
         raise UserError(f"{paths.latents}: latents have z size {z_size} but the M config "
