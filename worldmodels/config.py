@@ -97,6 +97,8 @@ class EvolveConfig:
     """Steps per rollout at most."""
     workers: int = 2
     """Ray actors; 0 evaluates serially in-process."""
+    envs_per_worker: int = 8
+    """Real CarRacing envs each worker steps together (V, M and C batched over them)."""
     real_eval_every: int = 10
     """Every N generations the CMA-ES mean is also scored in the real env (0: never)."""
     real_eval_episodes: int = 4
@@ -110,6 +112,9 @@ class EvaluateConfig:
     """Evaluation seeds start here, away from the collection seeds."""
     max_steps: int = 1000
     workers: int = 2
+    """Ray actors; 0 runs the episodes in-process."""
+    envs_per_worker: int = 8
+    """Real CarRacing envs each worker steps together (V, M and C batched over them)."""
 
 
 @dataclass

@@ -14,9 +14,20 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from worldmodels.agent import WorldModel, load_controller
 from worldmodels.config import PipelineConfig, load_json, preset
+from worldmodels.data.collect import collect
+from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
+from worldmodels.evaluate import evaluate, record_real_video
+from worldmodels.evolve.cmaes import evolve
+from worldmodels.evolve.workers import make_evaluator
+from worldmodels.plot import fitness_svg
 from worldmodels.run import RunPaths, load_run_config
+from worldmodels.train.encode import encode
+from worldmodels.train.mdnrnn import train_mdnrnn
+from worldmodels.train.vae import train_vae
+from worldmodels.video import dream_frames, write_video
 
 
 def _say(progress: bool, text: str) -> None:
@@ -44,18 +55,9 @@ def latents_fresh(paths: RunPaths, episodes: list[Path]) -> bool:
 
 
 def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int | None = None,
-             address: str | None = None, progress: bool = True) -> dict:
-    """Run (or continue) every stage; returns the agent's evaluation and the baseline's."""
-    from worldmodels.data.collect import collect
-    from worldmodels.evaluate import evaluate, load_params, record_real_video
-    from worldmodels.evolve.cmaes import evolve
-    from worldmodels.evolve.workers import ModelBundle, make_evaluator
-    from worldmodels.plot import fitness_svg
-    from worldmodels.train.encode import encode
-    from worldmodels.train.mdnrnn import train_mdnrnn
-    from worldmodels.train.vae import train_vae
-    from worldmodels.video import dream_frames, write_video
-
+             address: str | None = None, progress: bool = True, device: str = "cpu") -> dict:
+    """Run (or continue) every stage; returns the agent's evaluation and the baseline's.
+    Networks run on `device` (a resolved name: cpu, cuda, cuda:N)."""
     paths = RunPaths(Path(run))
     config = run_config(paths, preset_name)
     data = Path(data) if data is not None else paths.root / "data"
@@ -67,22 +69,23 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     episodes = collect(data, config.collect, address=address, progress=progress)
 
     _say(progress, "train-vae")
-    train_vae(data, paths.root, config.vae, resume=True, progress=progress)
+    train_vae(data, paths.root, config.vae, resume=True, progress=progress, device=device)
 
     if latents_fresh(paths, episodes):
         _say(progress, "encode: done already")
     else:
         _say(progress, "encode")
-        encode(paths.root, data, progress=progress)
+        encode(paths.root, data, progress=progress, device=device)
 
     _say(progress, "train-mdnrnn")
     if paths.mdnrnn.exists() and paths.mdnrnn.stat().st_mtime < paths.vae.stat().st_mtime:
         raise UserError(f"{paths.mdnrnn} is older than {paths.vae} (V changed under it); "
                         "move it away to retrain M")
-    train_mdnrnn(paths.root, config.mdnrnn, resume=True, progress=progress)
+    train_mdnrnn(paths.root, config.mdnrnn, resume=True, progress=progress, device=device)
 
     # One set of workers (each holding V and M) for evolution and both evaluations.
-    evaluator = make_evaluator(ModelBundle.from_run(paths.root), config.evolve.workers, address)
+    evaluator = make_evaluator(WorldModel.from_run(paths.root), config.evolve.workers, address,
+                               device, config.evaluate.envs_per_worker)
     results = {}
     try:
         _say(progress, f"evolve {config.evolve.generations} generations in the "
@@ -104,11 +107,12 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     dream_video, real_video = paths.videos / "dream.mp4", paths.videos / "real.mp4"
     if not dream_video.exists():
         _say(progress, f"dream video -> {dream_video}")
-        write_video(dream_video, dream_frames(paths.root, steps=config.evolve.max_steps))
+        write_video(dream_video, dream_frames(paths.root, steps=config.evolve.max_steps,
+                                              device=device))
     if not real_video.exists():
         _say(progress, f"real video -> {real_video}")
-        record_real_video(paths.root, real_video, load_params(paths), config.evaluate.seed,
-                          config.evaluate.max_steps)
+        record_real_video(paths.root, real_video, load_controller(paths), config.evaluate.seed,
+                          config.evaluate.max_steps, device)
 
     agent, baseline = results["controller"], results["random"]
     _say(progress, f"done in {time.perf_counter() - start:.0f} s. Real CarRacing over "
@@ -119,7 +123,8 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
 
 
 def cli_pipeline(args: argparse.Namespace) -> int:
-    results = pipeline(args.run, args.preset, args.data, args.workers, args.address)
+    results = pipeline(args.run, args.preset, args.data, args.workers, args.address,
+                       device=str(resolve_device(args.device)))
     agent, baseline = results["controller"], results["random"]
     print(f"pipeline: agent {agent['mean']:.1f} +- {agent['std']:.1f}, random "
           f"{baseline['mean']:.1f} +- {baseline['std']:.1f} ({agent['episodes']} real "

@@ -29,9 +29,13 @@ import numpy as np
 from tqdm import tqdm
 
 from worldmodels import atomic
+from worldmodels.agent import WorldModel
 from worldmodels.config import EvolveConfig, from_dict
+from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
+from worldmodels.evolve.workers import make_evaluator
 from worldmodels.logger import RunLogger
+from worldmodels.models.mdn import check_tau
 from worldmodels.run import RunPaths, load_run_config
 
 REAL_EVAL_SEED = 2_000_000  # the periodic real-env check uses the same episodes every time
@@ -49,8 +53,7 @@ class EvolveState:
 def validate(config: EvolveConfig) -> None:
     if config.where not in ("dream", "real"):
         raise UserError(f"--in must be dream or real, got {config.where!r}")
-    if not config.tau > 0:
-        raise UserError(f"--tau must be > 0, got {config.tau}")
+    check_tau(config.tau)
     if config.popsize < 2:
         raise UserError(f"--popsize must be >= 2 (CMA-ES needs a population), got "
                         f"{config.popsize}")
@@ -85,19 +88,17 @@ def save_params(path: Path, params: np.ndarray) -> None:
 
 
 def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str | None = None,
-           progress: bool = True, evaluator=None) -> EvolveState:
+           progress: bool = True, evaluator=None, device: str = "cpu") -> EvolveState:
     """Run (or with `resume`, continue) CMA-ES up to `config.generations`; returns the final
     state. `evaluator` (optional) replaces the one made from `config.workers`."""
     with warnings.catch_warnings():  # cma warns when matplotlib (for its plots) is absent
         warnings.simplefilter("ignore")
         import cma
 
-    from worldmodels.evolve.workers import ModelBundle, make_evaluator
-
     validate(config)
     paths = RunPaths(Path(run))
-    bundle = ModelBundle.from_run(paths.root)  # one line if V, M or latents are missing
-    n_params = bundle.param_count
+    world = WorldModel.from_run(paths.root)  # one line if V, M or latents are missing
+    n_params = world.param_count
     if paths.es_state.exists() and not resume:
         raise UserError(f"{paths.es_state} exists; pass --resume to continue it or choose "
                         "another --run")
@@ -127,7 +128,8 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
 
     own_evaluator = evaluator is None
     if own_evaluator:
-        evaluator = make_evaluator(bundle, config.workers, address)
+        evaluator = make_evaluator(world, config.workers, address, device,
+                                   config.envs_per_worker)
     logger = RunLogger(paths.logs, "evolve")
     real_logger = RunLogger(paths.logs, "evolve_real")
     bar = tqdm(total=config.generations, initial=state.generation, desc=f"evolve ({config.where})",
@@ -138,10 +140,9 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
             solutions = es.ask()
             candidates = np.asarray(solutions, np.float32)
             seeds = rollout_seeds(config.seed, gen, len(candidates), config.rollouts)
-            rows = np.repeat(candidates, config.rollouts, axis=0)
-            returns = evaluator.returns(config.where, rows, seeds.ravel(), config.tau,
-                                        config.max_steps).reshape(seeds.shape)
-            fitness = returns.mean(1)
+            # Each candidate once, with its row of seeds: not one copy per rollout.
+            fitness = evaluator.run(config.where, candidates, seeds, config.tau,
+                                    config.max_steps).returns.mean(1)
             es.tell(solutions, (-fitness).tolist())
             best = int(fitness.argmax())
             if fitness[best] > state.best_fitness:
@@ -149,9 +150,9 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
             real_mean = None
             if config.real_eval_every and (gen + 1) % config.real_eval_every == 0:
                 real_seeds = REAL_EVAL_SEED + np.arange(config.real_eval_episodes)
-                mean_params = np.tile(np.asarray(es.mean, np.float32), (len(real_seeds), 1))
-                real_mean = float(evaluator.returns("real", mean_params, real_seeds,
-                                                    config.tau, config.max_steps).mean())
+                mean_params = np.asarray(es.mean, np.float32)[None]
+                real_mean = float(evaluator.run("real", mean_params, real_seeds[None],
+                                                config.tau, config.max_steps).returns.mean())
             state.generation, state.es_bytes = gen + 1, es.pickle_dumps()
             save_params(paths.controller, np.asarray(es.mean))
             save_state(paths.es_state, state)
@@ -186,7 +187,10 @@ def cli_evolve(args: argparse.Namespace) -> int:
                        ("workers", "workers"), ("max_steps", "max_steps")):
         if getattr(args, flag) is not None:
             setattr(config, name, getattr(args, flag))
-    state = evolve(args.run, config, resume=args.resume, address=args.address)
+    if args.envs_per_worker is not None:
+        config.envs_per_worker = args.envs_per_worker
+    state = evolve(args.run, config, resume=args.resume, address=args.address,
+                   device=str(resolve_device(args.device)))
     print(f"evolve: {state.generation} generations, best fitness {state.best_fitness:.1f}; "
           f"C (the CMA-ES mean) -> {paths.controller}")
     return 0

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from worldmodels.errors import UserError
+
 LOG_SIGMA_MIN = -7.0  # sigma >= ~1e-3: far below any spread the data has, far from overflow
 RHO_MAX = 1.0 - 1e-4  # |rho| < 1 keeps log(1 - rho^2) >= ~-8.5
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -37,9 +39,19 @@ def _bounded_log_sigma(raw: Tensor) -> Tensor:
     return LOG_SIGMA_MIN + F.softplus(raw - LOG_SIGMA_MIN)
 
 
-def _sample_adjust(logit_pi: Tensor, log_sigma: Tensor, tau: float, bias: float):
+class BadTemperature(UserError, ValueError):
+    """A sampling temperature that is not finite and > 0."""
+
+
+def check_tau(tau: float) -> float:
+    """The one check of a sampling temperature (the dream's, evolve's, the sampler's)."""
     if not (tau > 0 and math.isfinite(tau)):
-        raise ValueError(f"temperature must be finite and > 0, got {tau}")
+        raise BadTemperature(f"--tau must be > 0 and finite (the sampling temperature), got {tau}")
+    return float(tau)
+
+
+def _sample_adjust(logit_pi: Tensor, log_sigma: Tensor, tau: float, bias: float):
+    check_tau(tau)
     if not math.isfinite(bias):
         raise ValueError(f"bias must be finite, got {bias}")
     logits = logit_pi * (1.0 + bias) / tau

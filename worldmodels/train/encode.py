@@ -1,5 +1,7 @@
 """Encode every episode with V: RUN/latents/<episode file name> holds mu and logvar (float16)
-per frame with the episode's actions, rewards and dones (format: worldmodels.data.latents)."""
+per frame with the episode's actions, rewards and dones (format: worldmodels.data.latents).
+RUN/dream_starts.npz gets the first frames' (mu, logvar) of up to 1,000 of them, so the
+stages that dream read one small file, not a thousand."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from worldmodels.agent import MAX_STARTS, save_starts, stack_starts
 from worldmodels.data.latents import Latents, write_latents
 from worldmodels.data.rollouts import iter_episodes
+from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
 from worldmodels.run import RunPaths
 from worldmodels.train.vae import episode_files, load_vae
@@ -19,31 +23,37 @@ from worldmodels.train.vae import episode_files, load_vae
 BATCH = 256
 
 
-def encode(run: Path, data: Path, progress: bool = True) -> list[Path]:
+def encode(run: Path, data: Path, progress: bool = True, device: str = "cpu") -> list[Path]:
     """Encode the episodes in `data` with the run's V; returns the latents files written."""
     paths = RunPaths(Path(run))
     model, _ = load_vae(paths.root)
+    model.to(device)
     files = episode_files(Path(data))
     paths.latents.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, starts = [], []
     bar = tqdm(iter_episodes(files), total=len(files), desc="encode", unit="episode",
                disable=not progress)
     with torch.no_grad():
         for path, episode in bar:
             mus, logvars = [], []
             for start in range(0, len(episode), BATCH):
-                mu, logvar = model.encode(torch.from_numpy(episode.obs[start:start + BATCH]))
-                mus.append(mu)
-                logvars.append(logvar)
+                frames = torch.from_numpy(episode.obs[start:start + BATCH]).to(device)
+                mu, logvar = model.encode(frames)
+                mus.append(mu.cpu())
+                logvars.append(logvar.cpu())
             out = paths.latents / path.name
-            write_latents(out, Latents(
+            latents = Latents(
                 mu=torch.cat(mus).numpy().astype(np.float16),
                 logvar=torch.cat(logvars).numpy().astype(np.float16),
                 action=episode.action, reward=episode.reward, done=episode.done,
-            ))
+            )
+            write_latents(out, latents)
             written.append(out)
+            if len(starts) < MAX_STARTS:
+                starts.append(latents)
     if not written:
         raise UserError(f"{data}: none of the {len(files)} episode files could be read")
+    save_starts(paths.dream_starts, stack_starts(starts))
     return written
 
 
@@ -55,6 +65,6 @@ def default_data(run: Path) -> Path:
 
 def cli_encode(args: argparse.Namespace) -> int:
     data = args.data if args.data is not None else default_data(args.run)
-    written = encode(args.run, data)
+    written = encode(args.run, data, device=str(resolve_device(args.device)))
     print(f"encode: {len(written)} episodes from {data} -> {RunPaths(args.run).latents}")
     return 0
