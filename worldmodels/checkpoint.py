@@ -6,6 +6,7 @@ a state whose tensor sizes differ from what the config implies, naming both size
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from worldmodels.config import from_dict, load_json, save_json
 from worldmodels.errors import UserError
 
 M = TypeVar("M", bound=nn.Module)
+C = TypeVar("C")
 
 
 def save(path: Path, model: nn.Module, config: Any, extra: dict[str, Any] | None = None) -> None:
@@ -65,3 +67,27 @@ def load_model(path: Path, model_cls: type[M], config_cls: type) -> tuple[M, dic
             )
     model.load_state_dict(state)
     return model.eval(), payload
+
+
+def resume_or_start(path: Path, resume: bool,
+                    load: Callable[[Path], tuple[M, dict[str, Any]]]) -> tuple[M | None, dict]:
+    """Every trainer's rule: an existing checkpoint is continued with `resume` and never
+    overwritten without it. Returns (model, payload) to continue, or (None, {}) to start."""
+    path = Path(path)
+    if path.exists() and not resume:
+        raise UserError(f"{path} exists; pass --resume to continue it or choose another --run")
+    if resume and path.exists():
+        return load(path)
+    return None, {}
+
+
+def resumed_config(path: Path, saved: C, asked: C, fixed: tuple[str, ...] = ()) -> C:
+    """On resume the run's own config wins; only the epoch count follows `asked`. Settings
+    in `fixed` must match, or the resumed run would silently train another model."""
+    for name in fixed:
+        trained, wanted = getattr(saved, name), getattr(asked, name)
+        if trained != wanted:
+            raise UserError(f"{path} was trained with {name} {trained}, not {wanted}; "
+                            "resume with the same setting or choose another --run")
+    saved.epochs = asked.epochs
+    return saved

@@ -7,7 +7,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-
 import torch
 
 from worldmodels import atomic

@@ -27,12 +27,14 @@ def squash(raw: Tensor) -> Tensor:
 
 
 class Controllers:
-    """B controllers, one per row, from flat parameter vectors (B, P): the one place the
-    vector is unpacked. `act(obs)` gives row i the actions of controller i on obs[i]."""
+    """B controllers, one per row, from flat parameter vectors (B, P) (or one (P,)): the one
+    place the vector is unpacked. `act(obs)` gives row i the actions of controller i on obs[i]."""
 
     def __init__(self, params: np.ndarray | Tensor, z_size: int, hidden_size: int,
                  device: torch.device | str = "cpu"):
         params = torch.as_tensor(np.array(params, np.float32), device=device)  # a writable copy
+        if params.ndim == 1:  # one vector: one controller
+            params = params[None]
         n_in = z_size + hidden_size
         if params.ndim != 2 or params.shape[1] != param_count(z_size, hidden_size):
             raise ValueError(
