@@ -29,6 +29,7 @@ def test_evaluate_real_env_serial_and_ray_agree(tmp_path, ray_session, capsys):
     serial = evaluate(run, config, progress=False)
     saved = json.loads(RunPaths(run).evaluation.read_text())
     assert saved["seeds"] == [5, 6] and len(saved["returns"]) == 2
+    assert saved["steps"] == [40, 40]  # each episode's step count
     assert saved["mean"] == serial["mean"] == np.mean(saved["returns"])
     assert saved["min"] <= saved["mean"] <= saved["max"]
     # The car drives onto new tiles (+1000/N each) and pays 0.1 per frame.
