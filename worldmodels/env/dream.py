@@ -152,7 +152,7 @@ class BatchedDream:
         g.mul_(2.0).sub_(1.0)  # = tanh of the undoubled pre-activation
         self.c.mul_(f).addcmul_(i, g)
         h = self.h
-        torch.sigmoid(self.c * 2.0, out=h)  # h = o * tanh(c), via sigmoid again
+        torch.mul(self.c, 2.0, out=h).sigmoid_()  # h = o * tanh(c), via sigmoid again
         h.mul_(2.0).sub_(1.0).mul_(o)
         # Heads, then z_{t+1} from the MDN core's own sampler with this step's noise.
         out = torch.addmm(self.b_heads, h, self.w_heads, out=self.head_out)
