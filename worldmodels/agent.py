@@ -175,6 +175,7 @@ class Agent:
     def initial_state(self, batch: int) -> LSTMState:
         return self.mdnrnn.initial_state(batch, self.device)
 
+    @torch.inference_mode()
     def step(self, frames: np.ndarray, z_noise: Tensor, controllers: Controllers,
              rows: Tensor, state: LSTMState,
              action_noise: Tensor | None = None) -> tuple[Tensor, LSTMState]:
