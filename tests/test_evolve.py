@@ -87,6 +87,22 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
                 == [r[name] for r in read_csv(RunPaths(broken).logs / "evolve.csv")])
 
 
+def test_each_candidate_is_sent_once_with_its_row_of_seeds(tmp_path):
+    world = WorldModel.from_run(make_run(tmp_path, gas_reward=True))
+    evaluator = SerialEvaluator(world)
+    params = np.zeros((2, world.param_count), np.float32)
+    params[:, -2] = [-1.0, 1.0]
+    seeds = np.array([[1, 2, 3], [4, 5, 6]])
+    scores = evaluator.run("dream", params, seeds, 1.0, 10)
+    assert scores.returns.shape == scores.steps.shape == (2, 3)
+    np.testing.assert_array_equal(scores.steps, 10)  # never done
+    for c in range(2):
+        for r in range(3):
+            one = evaluator.run("dream", params[c:c + 1], seeds[c:c + 1, r:r + 1], 1.0, 10)
+            assert one.returns[0, 0] == pytest.approx(scores.returns[c, r], abs=1e-5)
+    assert scores.returns[1].mean() > scores.returns[0].mean()  # the gas pays
+
+
 def test_rollout_seeds_depend_on_all_four_indices():
     s = rollout_seeds(0, 0, 3, 2)
     assert s.shape == (3, 2) and len(np.unique(s)) == 6
