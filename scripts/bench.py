@@ -4,6 +4,7 @@
     python scripts/bench.py collect   # collection frames/s vs bare CarRacing steps/s
     python scripts/bench.py train     # VAE images/s, MDN-RNN steps/s, train-vae peak RSS
     python scripts/bench.py dream     # batched dream steps/s vs CarRacing and vs matmul FLOP/s
+    python scripts/bench.py evaluate  # evaluate frames/s per worker vs bare CarRacing steps/s
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHES = {"collect": "bench_collect", "train": "bench_train", "dream": "bench_dream"}
+BENCHES = {"collect": "bench_collect", "train": "bench_train", "dream": "bench_dream",
+           "evaluate": "bench_evaluate"}
 
 
 def main() -> None:

@@ -10,10 +10,11 @@ import pytest
 from fake_run import make_run
 
 from worldmodels import atomic, checkpoint
+from worldmodels.agent import WorldModel
 from worldmodels.cli import main
 from worldmodels.config import EvaluateConfig, VAEConfig
 from worldmodels.evaluate import evaluate
-from worldmodels.evolve.workers import ModelBundle, SerialEvaluator
+from worldmodels.evolve.workers import SerialEvaluator
 from worldmodels.models.controller import param_count
 from worldmodels.models.vae import ConvVAE
 from worldmodels.run import RunPaths
@@ -33,6 +34,7 @@ def test_evaluate_real_env_serial_and_ray_agree(tmp_path, ray_session, capsys):
     serial = evaluate(run, config, progress=False)
     saved = json.loads(RunPaths(run).evaluation.read_text())
     assert saved["seeds"] == [5, 6] and len(saved["returns"]) == 2
+    assert saved["steps"] == [40, 40]  # each episode's step count
     assert saved["mean"] == serial["mean"] == np.mean(saved["returns"])
     assert saved["min"] <= saved["mean"] <= saved["max"]
     # The car drives onto new tiles (+1000/N each) and pays 0.1 per frame.
@@ -70,15 +72,17 @@ class InterruptAfter:
     """A serial evaluator whose run is interrupted (Ctrl-C) after `n` finished episodes."""
 
     def __init__(self, run, n: int):
-        self.inner, self.n, self.played = SerialEvaluator(ModelBundle.from_run(run)), n, []
+        # One env: a task per episode, so the interrupt can fall between two episodes.
+        self.inner = SerialEvaluator(WorldModel.from_run(run), envs=1)
+        self.n, self.played = n, []
 
-    def returns(self, where, params, seeds, tau=1.0, max_steps=1000, bar=None, on_rows=None):
+    def run(self, where, params, seeds, tau=1.0, max_steps=1000, bar=None, on_rows=None):
         def counted(lo, hi, values):
             on_rows(lo, hi, values)
-            self.played.extend(seeds[lo:hi].tolist())
+            self.played.extend(np.asarray(seeds).ravel()[lo:hi].tolist())
             if len(self.played) == self.n:
                 raise KeyboardInterrupt
-        return self.inner.returns(where, params, seeds, tau, max_steps, bar, counted)
+        return self.inner.run(where, params, seeds, tau, max_steps, bar, counted)
 
     def close(self):
         pass

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from fake_run import make_run
 
+from worldmodels.agent import WorldModel
 from worldmodels.cli import main
 from worldmodels.config import EvolveConfig, preset, save_json
 from worldmodels.errors import UserError
 from worldmodels.evolve import cmaes, safe_pickle
 from worldmodels.evolve.cmaes import evolve, load_state, real_check_due, rollout_seeds
-from worldmodels.evolve.workers import ModelBundle, RayEvaluator, SerialEvaluator
+from worldmodels.evolve.workers import RayEvaluator, SerialEvaluator
 from worldmodels.logger import read_csv
 from worldmodels.models.controller import param_count
 from worldmodels.run import RunPaths
@@ -72,14 +73,14 @@ def test_real_checks_every_n_generations_and_after_the_last():
 class InterruptAt:
     """Serial evaluator that raises KeyboardInterrupt on call `n` (a generation in flight)."""
 
-    def __init__(self, bundle: ModelBundle, n: int):
-        self.inner, self.calls, self.n = SerialEvaluator(bundle), 0, n
+    def __init__(self, world: WorldModel, n: int):
+        self.inner, self.calls, self.n = SerialEvaluator(world), 0, n
 
-    def returns(self, *args, **kwargs):
+    def run(self, *args, **kwargs):
         self.calls += 1
         if self.calls == self.n:
             raise KeyboardInterrupt
-        return self.inner.returns(*args, **kwargs)
+        return self.inner.run(*args, **kwargs)
 
     def close(self):
         pass
@@ -90,7 +91,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     evolve(straight, _config(), progress=False)
 
     broken = make_run(tmp_path / "b", gas_reward=True)
-    evaluator = InterruptAt(ModelBundle.from_run(broken), n=3)
+    evaluator = InterruptAt(WorldModel.from_run(broken), n=3)
     with pytest.raises(KeyboardInterrupt):
         evolve(broken, _config(), progress=False, evaluator=evaluator)
     assert load_state(RunPaths(broken).es_state).generation == 2  # only gen 3 was lost
@@ -110,6 +111,22 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
                 == [r[name] for r in read_csv(RunPaths(broken).logs / "evolve.csv")])
 
 
+def test_each_candidate_is_sent_once_with_its_row_of_seeds(tmp_path):
+    world = WorldModel.from_run(make_run(tmp_path, gas_reward=True))
+    evaluator = SerialEvaluator(world)
+    params = np.zeros((2, world.param_count), np.float32)
+    params[:, -2] = [-1.0, 1.0]
+    seeds = np.array([[1, 2, 3], [4, 5, 6]])
+    scores = evaluator.run("dream", params, seeds, 1.0, 10)
+    assert scores.returns.shape == scores.steps.shape == (2, 3)
+    np.testing.assert_array_equal(scores.steps, 10)  # never done
+    for c in range(2):
+        for r in range(3):
+            one = evaluator.run("dream", params[c:c + 1], seeds[c:c + 1, r:r + 1], 1.0, 10)
+            assert one.returns[0, 0] == pytest.approx(scores.returns[c, r], abs=1e-5)
+    assert scores.returns[1].mean() > scores.returns[0].mean()  # the gas pays
+
+
 def test_rollout_seeds_are_common_to_the_candidates_of_a_generation():
     s = rollout_seeds(0, 0, 3, 2)
     assert s.shape == (3, 2) and len(np.unique(s[0])) == 2
@@ -121,27 +138,27 @@ def test_rollout_seeds_are_common_to_the_candidates_of_a_generation():
 
 def test_killed_ray_worker_does_not_stop_a_generation(tmp_path, ray_session):
     ray = ray_session
-    bundle = ModelBundle.from_run(make_run(tmp_path, gas_reward=True))
-    evaluator = RayEvaluator(bundle, workers=2)
+    world = WorldModel.from_run(make_run(tmp_path, gas_reward=True))
+    evaluator = RayEvaluator(world, workers=2)
     try:
-        ray.get([a.ping.remote() for a in evaluator.actors])
+        ray.get([a.ping.remote() for a in evaluator.pool.actors])
         # Constant controllers (bias only) on the never-done gas problem: known returns.
         gas = np.linspace(-1.0, 1.0, 6)
-        params = np.zeros((6, bundle.param_count), np.float32)
+        params = np.zeros((6, world.param_count), np.float32)
         params[:, -2] = gas
         steps = 8_000  # long enough to be killed while it runs
         result = {}
         thread = threading.Thread(target=lambda: result.update(
-            r=evaluator.returns("dream", params, np.arange(6), 1.0, steps)))
+            r=evaluator.run("dream", params, np.arange(6)[:, None], 1.0, steps).returns[:, 0]))
         thread.start()
         time.sleep(0.5)
-        victim = evaluator.actors[0]
+        victim = evaluator.pool.actors[0]
         ray.kill(victim)
         thread.join(timeout=120)
         assert not thread.is_alive()
         per_step = np.tanh(np.tanh(2 * (np.tanh(gas) + 1) / 2 - 1))
         np.testing.assert_allclose(result["r"], steps * per_step, rtol=1e-3, atol=1e-2)
-        assert evaluator.actors[0] is not victim  # replaced
+        assert evaluator.pool.actors[0] is not victim  # replaced
     finally:
         evaluator.close()
 

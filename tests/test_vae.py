@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from worldmodels import checkpoint
+from worldmodels.agent import load_starts, starts_from_latents
 from worldmodels.cli import main
 from worldmodels.config import PipelineConfig, VAEConfig, load_json, save_json
 from worldmodels.data.frames import ShuffleBuffer, stream_frames
@@ -170,6 +171,10 @@ def test_encode_writes_latents_per_episode(trained_run, real_rollouts):
     episodes = list_episodes(real_rollouts)
     assert [p.name for p in written] == [p.name for p in episodes]
     assert list_latents(RunPaths(trained_run).latents) == written
+    # The dream starts, once, from the same latents any stage would read them from.
+    saved = load_starts(RunPaths(trained_run))
+    for a, b in zip(saved, starts_from_latents(RunPaths(trained_run).latents), strict=True):
+        assert a.shape == (len(written), 32) and torch.equal(a, b)
     model, _ = checkpoint.load_model(RunPaths(trained_run).vae, ConvVAE, VAEConfig)
     for path, episode_path in zip(written, episodes, strict=True):
         latents, episode = read_latents(path), read_episode(episode_path)

@@ -6,6 +6,7 @@ a state whose tensor sizes differ from what the config implies, naming both size
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,10 +15,11 @@ import torch
 from torch import nn
 
 from worldmodels import atomic
-from worldmodels.config import from_dict, load_json, save_json
+from worldmodels.config import from_dict, load_json, save_json, warn_ignored_on_resume
 from worldmodels.errors import UserError
 
 M = TypeVar("M", bound=nn.Module)
+C = TypeVar("C")
 
 
 def save(path: Path, model: nn.Module, config: Any, extra: dict[str, Any] | None = None) -> None:
@@ -66,3 +68,30 @@ def load_model(path: Path, model_cls: type[M], config_cls: type) -> tuple[M, dic
             )
     model.load_state_dict(state)
     return model.eval(), payload
+
+
+def resume_or_start(path: Path, resume: bool,
+                    load: Callable[[Path], tuple[M, dict[str, Any]]]) -> tuple[M | None, dict]:
+    """Every trainer's rule: an existing checkpoint is continued with `resume` and never
+    overwritten without it. Returns (model, payload) to continue, or (None, {}) to start."""
+    path = Path(path)
+    if path.exists() and not resume:
+        raise UserError(f"{path} exists; pass --resume to continue it or choose another --run")
+    if resume and path.exists():
+        return load(path)
+    return None, {}
+
+
+def resumed_config(path: Path, saved: C, asked: C, fixed: tuple[str, ...] = (),
+                   stage: str = "", keep: tuple[str, ...] = ("epochs",)) -> C:
+    """On resume the run's own config wins; only the epoch count follows `asked`. Settings
+    in `fixed` must match, or the resumed run would silently train another model; other
+    differences (outside `keep`) are ignored, and a warning says which."""
+    for name in fixed:
+        trained, wanted = getattr(saved, name), getattr(asked, name)
+        if trained != wanted:
+            raise UserError(f"{path} was trained with {name} {trained}, not {wanted}; "
+                            "resume with the same setting or choose another --run")
+    warn_ignored_on_resume(stage, asked, saved, keep)
+    saved.epochs = asked.epochs
+    return saved

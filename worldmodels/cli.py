@@ -7,10 +7,14 @@ UserError, which becomes one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
+from worldmodels.config import CollectConfig
+from worldmodels.device import DEVICE_HELP
 from worldmodels.errors import UserError, require_finite
+from worldmodels.handwriting.model import HandwritingConfig
 
 
 def _positive(text: str) -> int:
@@ -52,6 +56,10 @@ runs every stage; `worldmodels handwriting` trains a Graves-style handwriting mo
 same mixture-density core. Each command's --help lists its options."""
 
 
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help=f"where the networks run: {DEVICE_HELP}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="worldmodels", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,11 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="collect CarRacing episodes on Ray workers")
     p.add_argument("--out", type=Path, required=True, help="directory for episode files")
     p.add_argument("--episodes", type=_positive, required=True)
-    p.add_argument("--max-steps", type=_positive, default=1000)
-    p.add_argument("--policy", choices=["random", "brownian"], default="brownian")
-    p.add_argument("--workers", type=_non_negative, default=2, help="0: in-process, no Ray")
+    p.add_argument("--max-steps", type=_positive, default=CollectConfig.max_steps)
+    p.add_argument("--policy", choices=["random", "brownian"], default=CollectConfig.policy)
+    p.add_argument("--workers", type=_non_negative, default=CollectConfig.workers,
+                   help="0: in-process, no Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
-    p.add_argument("--seed", type=_non_negative, default=0)
+    p.add_argument("--seed", type=_non_negative, default=CollectConfig.seed)
     p.set_defaults(handler="worldmodels.data.collect:cli_collect")
 
     p = sub.add_parser("validate", help="check every episode file in a directory")
@@ -78,18 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stroke .npz, IAM lineStrokes .xml or a directory of them "
                         "(default: the bundled Omniglot strokes)")
     p.add_argument("--run", type=Path, required=True, help="run directory")
-    p.add_argument("--epochs", type=_positive, default=10)
+    p.add_argument("--epochs", type=_positive, default=HandwritingConfig.epochs)
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --run")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow sketch-rnn .npz object arrays (unpickles: trusted files only)")
-    p.add_argument("--hidden-size", type=_positive, default=256)
-    p.add_argument("--layers", type=_positive, default=2)
-    p.add_argument("--components", type=_positive, default=20)
-    p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--learning-rate", type=_positive_float, default=1e-3)
-    p.add_argument("--train-drawings", type=_non_negative, default=0,
+    p.add_argument("--hidden-size", type=_positive, default=HandwritingConfig.hidden_size)
+    p.add_argument("--layers", type=_positive, default=HandwritingConfig.layers)
+    p.add_argument("--components", type=_positive, default=HandwritingConfig.components)
+    p.add_argument("--batch-size", type=_positive, default=HandwritingConfig.batch_size)
+    p.add_argument("--learning-rate", type=_positive_float,
+                   default=HandwritingConfig.learning_rate)
+    p.add_argument("--train-drawings", type=_non_negative,
+                   default=HandwritingConfig.max_train_drawings,
                    help="train on a seeded subset of this many drawings (0: all)")
-    p.add_argument("--seed", type=_non_negative, default=0)
+    p.add_argument("--seed", type=_non_negative, default=HandwritingConfig.seed)
+    _device(p)
     p.set_defaults(handler="worldmodels.handwriting.train:cli_train")
     p = hw.add_parser("sample", help="draw samples beside real validation drawings")
     p.add_argument("--run", type=Path, required=True, help="run directory with handwriting.pt")
@@ -101,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", type=_non_negative, default=0,
                    help="points per sample (0: the median training drawing length)")
     p.add_argument("--seed", type=_non_negative, default=0)
+    _device(p)
     p.set_defaults(handler="worldmodels.handwriting.draw:cli_sample")
 
     p = sub.add_parser("train-vae", help="train V (the ConvVAE) on episode files")
@@ -109,12 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, default=None, help="default: the run's config")
     p.add_argument("--batch-size", type=_positive, default=None)
     p.add_argument("--resume", action="store_true", help="continue the V checkpoint in --run")
+    _device(p)
     p.set_defaults(handler="worldmodels.train.vae:cli_train_vae")
 
     p = sub.add_parser("encode", help="encode every episode with V (mu, logvar) for M")
     p.add_argument("--run", type=Path, required=True, help="run directory with vae.pt")
     p.add_argument("--data", type=Path, default=None,
                    help="directory of episode files (default: the one V was trained on)")
+    _device(p)
     p.set_defaults(handler="worldmodels.train.encode:cli_encode")
 
     p = sub.add_parser("train-mdnrnn", help="train M (the MDN-RNN) on the encoded episodes")
@@ -127,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=None,
                    help="carry the LSTM state across windows of an episode (long horizon)")
     p.add_argument("--resume", action="store_true", help="continue the M checkpoint in --run")
+    _device(p)
     p.set_defaults(handler="worldmodels.train.mdnrnn:cli_train_mdnrnn")
 
     p = sub.add_parser("evolve", help="evolve C with CMA-ES in M's dream (or the real env)")
@@ -141,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_non_negative, default=None, help="0: in-process, no Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
     p.add_argument("--resume", action="store_true", help="continue RUN/es.pickle")
+    p.add_argument("--envs-per-worker", type=_positive, default=None,
+                   help="real envs each worker steps together (V, M, C batched over them)")
+    _device(p)
     p.set_defaults(handler="worldmodels.evolve.cmaes:cli_evolve")
 
     p = sub.add_parser("evaluate", help="score the run's agent in the real CarRacing-v3")
@@ -151,8 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_non_negative, default=None, help="0: in-process, no Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
     p.add_argument("--policy", choices=["controller", "random"], default="controller")
+    p.add_argument("--envs-per-worker", type=_positive, default=None,
+                   help="real envs each worker steps together (V, M, C batched over them)")
     p.add_argument("--video", type=Path, default=None,
                    help="also record the first episode (real | V's reconstruction): .mp4 or .gif")
+    _device(p)
     p.set_defaults(handler="worldmodels.evaluate:cli_evaluate")
 
     p = sub.add_parser("dream-video", help="a dream decoded through V, driven by C")
@@ -162,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_non_negative, default=0)
     p.add_argument("--tau", type=_positive_float, default=None, help="default: the run's tau")
     p.add_argument("--fps", type=_positive, default=50)
+    _device(p)
     p.set_defaults(handler="worldmodels.video:cli_dream_video")
 
     p = sub.add_parser("iterate", help="the agent plays, M learns what it saw, C evolves again")
@@ -175,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
     p.add_argument("--data", type=Path, default=None,
                    help="where the new episodes go (default: the directory V trained on)")
+    _device(p)
     p.set_defaults(handler="worldmodels.iterate:cli_iterate")
 
     p = sub.add_parser("pipeline", help="every stage in order, skipping finished ones")
@@ -186,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
     p.add_argument("--seed", type=_non_negative, default=None,
                    help="run seed (new runs; default 0): every stage's seed derives from it")
+    _device(p)
     p.set_defaults(handler="worldmodels.pipeline:cli_pipeline")
 
     return parser
@@ -194,8 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module_name, func_name = args.handler.split(":")
-    import importlib
-
     handler = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(handler(args) or 0)

@@ -99,6 +99,8 @@ class EvolveConfig:
     """Steps per rollout at most."""
     workers: int = 2
     """Ray actors; 0 evaluates serially in-process."""
+    envs_per_worker: int = 8
+    """Real CarRacing envs each worker steps together (V, M and C batched over them)."""
     real_eval_every: int = 10
     """Every N generations (and after the last) the CMA-ES mean is scored in the real env on
     selection seeds; the agent is the mean with the best such check (0: never; the last mean)."""
@@ -115,6 +117,9 @@ class EvaluateConfig:
     """Evaluation seeds start here, away from the collection seeds."""
     max_steps: int = 1000
     workers: int = 2
+    """Ray actors; 0 runs the episodes in-process."""
+    envs_per_worker: int = 8
+    """Real CarRacing envs each worker steps together (V, M and C batched over them)."""
 
 
 @dataclass
@@ -135,6 +140,8 @@ class IterateConfig:
     """More generations of CMA-ES per iteration, in the new dream."""
     workers: int = 2
     """Ray workers that play the episodes; 0 runs in-process without Ray."""
+    envs_per_worker: int = 8
+    """CarRacing envs each worker steps together (V, M and C run on all their frames)."""
 
 
 @dataclass

@@ -29,25 +29,24 @@ import dataclasses
 import math
 import shutil
 import time
-from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from worldmodels.agent import Agent, WorldModel, load_controller, run_episodes
 from worldmodels.atomic import write_bytes
 from worldmodels.config import IterateConfig, from_dict, load_json, save_json
-from worldmodels.data.rollouts import Episode, encode_episode, episode_path, list_episodes
+from worldmodels.data.rollouts import encode_episode, episode_path, list_episodes
+from worldmodels.device import resolve_device
 from worldmodels.env.carracing import make_env
 from worldmodels.errors import UserError
-from worldmodels.evaluate import load_params
 from worldmodels.evolve.cmaes import evolve, load_state, save_state
-from worldmodels.evolve.workers import ModelBundle
 from worldmodels.logger import RunLogger, read_csv
-from worldmodels.models.controller import Controller
 from worldmodels.npfiles import read_npz
 from worldmodels.progress import progress_bar
+from worldmodels.ray_session import ActorPool
 from worldmodels.run import RunPaths, load_run_config
 from worldmodels.train.encode import default_data, encode
 from worldmodels.train.mdnrnn import train_mdnrnn
@@ -79,102 +78,69 @@ def episode_plan(config: IterateConfig, iteration: int) -> list[tuple[int, float
             for j in range(config.episodes)]
 
 
-@torch.inference_mode()
-def agent_episode(env, bundle_models: tuple, params: np.ndarray, seed: int, noise: float,
-                  label: str) -> Episode:
-    """One real episode of C(params + noise) on V and M, recorded as an episode file's data.
-    `done` is termination only, as in every episode file."""
-    vae, mdnrnn = bundle_models
-    c = mdnrnn.config
-    rng = np.random.default_rng(seed)
-    noisy = params + noise * rng.standard_normal(params.shape).astype(np.float32)
-    controller = Controller(noisy, c.z_size, c.hidden_size)
-    generator = torch.Generator().manual_seed(seed)
-    obs, _ = env.reset(seed=seed)
-    state = mdnrnn.initial_state(1)
-    frames, actions, rewards = [], [], []
-    terminated = truncated = False
-    while not (terminated or truncated):
-        mu, logvar = vae.encode(torch.from_numpy(np.array(obs[None])))
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator)
-        action = controller.act(z, state[0])
-        frames.append(obs)
-        actions.append(action[0].numpy())
-        obs, reward, terminated, truncated, _ = env.step(action[0].numpy())
-        rewards.append(reward)
-        state = mdnrnn.step(z, action, state)
-    done = np.zeros(len(actions), bool)
-    done[-1] = terminated
-    return Episode(np.stack(frames), np.stack(actions).astype(np.float32),
-                   np.asarray(rewards, np.float32), done, seed, label)
+def exploring_params(params: np.ndarray, plan: list[tuple[int, float]]) -> np.ndarray:
+    """(len(plan), P): C's parameters plus each episode's own Gaussian noise, drawn from its
+    seed (so an episode is the same whichever worker plays it, and after a resume)."""
+    return np.stack([params + noise * np.random.default_rng(seed).standard_normal(
+        params.shape).astype(np.float32) for seed, noise in plan])
 
 
 class AgentPlayer:
-    """Holds V, M and one env; plays episodes of the agent and returns them compressed."""
+    """Holds V, M and `envs` CarRacing envs; plays episodes of the agent in batches and
+    returns them compressed (workers compress; the driver only writes)."""
 
-    def __init__(self, bundle: ModelBundle, max_steps: int, threads: int | None = None):
+    def __init__(self, world: WorldModel, max_steps: int, envs: int, device: str = "cpu",
+                 threads: int = 0):
         if threads:
             torch.set_num_threads(threads)
-        self.models = (bundle.vae(), bundle.mdnrnn())
-        self.env = make_env(max_steps=max_steps)
+        self.world, self.max_steps = world, max_steps
+        self.agent = Agent.from_world(world, device)
+        self.envs = [make_env(max_steps=max_steps) for _ in range(envs)]
 
-    def run(self, params: np.ndarray, seed: int, noise: float, label: str):
-        episode = agent_episode(self.env, self.models, params, seed, noise, label)
-        return seed, encode_episode(episode), len(episode)
+    def play(self, params: np.ndarray, seeds: list[int], labels: list[str]):
+        controllers = self.world.controllers(params, self.agent.device)
+        results = run_episodes(self.envs[:len(seeds)], seeds, self.max_steps, self.agent,
+                               controllers, record=True)
+        out = []
+        for result, label in zip(results, labels, strict=True):
+            result.episode.policy = label
+            out.append((result.seed, encode_episode(result.episode), result.steps))
+        return out
 
 
 def collect_agent(run: Path, data: Path, config: IterateConfig, iteration: int,
-                  address: str | None, progress: bool) -> list[Path]:
+                  address: str | None, progress: bool, device: str = "cpu") -> list[Path]:
     """Play the iteration's missing episodes into `data`; returns all its episode files."""
     plan = episode_plan(config, iteration)
     files = [episode_path(data, seed) for seed, _ in plan]
-    todo = deque((s, n) for s, n in plan if not episode_path(data, s).exists())
+    todo = [(s, n) for s, n in plan if not episode_path(data, s).exists()]
     if not todo:
         return files
-    bundle, params = ModelBundle.from_run(run), load_params(RunPaths(run))
+    world = WorldModel.from_run(run)
+    params = exploring_params(load_controller(RunPaths(run)), todo)
+    labels = [f"agent:iteration={iteration}:noise={noise:g}" for _, noise in todo]
+    envs = config.envs_per_worker
+    tasks = [(params[i:i + envs], [s for s, _ in todo[i:i + envs]], labels[i:i + envs])
+             for i in range(0, len(todo), envs)]
     bar = progress_bar(total=len(todo), desc=f"iterate {iteration}: collect", unit="ep",
                        disable=not progress)
-
-    def label(noise: float) -> str:
-        return f"agent:iteration={iteration}:noise={noise:g}"
-
+    pool = None
     try:
         if config.workers == 0:
-            player = AgentPlayer(bundle, config.max_steps)
-            for seed, noise in todo:
-                _, data_bytes, _ = player.run(params, seed, noise, label(noise))
+            player = AgentPlayer(world, config.max_steps, envs, device)
+            finished = ((i, player.play(*task)) for i, task in enumerate(tasks))
+        else:
+            pool = ActorPool(AgentPlayer, (world, config.max_steps, envs, device, 1),
+                             min(config.workers, len(tasks)), address)
+            finished = pool.run("play", tasks)
+        for _, episodes in finished:
+            for seed, data_bytes, _ in episodes:
                 write_bytes(episode_path(data, seed), data_bytes)
                 bar.update(1)
-            return files
-        import ray
-
-        from worldmodels.ray_session import ensure_ray
-
-        ensure_ray(address, config.workers)
-        actor_cls = ray.remote(num_cpus=1)(AgentPlayer)
-        bundle_ref = ray.put(bundle)
-        actors = [actor_cls.remote(bundle_ref, config.max_steps, threads=1)
-                  for _ in range(min(config.workers, len(todo)))]
-        pending = {}
-        try:
-            for actor in actors * 2:  # two in flight per actor
-                if todo:
-                    seed, noise = todo.popleft()
-                    pending[actor.run.remote(params, seed, noise, label(noise))] = actor
-            while pending:
-                [ref], _ = ray.wait(list(pending), num_returns=1)
-                actor = pending.pop(ref)
-                seed, data_bytes, _ = ray.get(ref)
-                write_bytes(episode_path(data, seed), data_bytes)
-                bar.update(1)
-                if todo:
-                    seed, noise = todo.popleft()
-                    pending[actor.run.remote(params, seed, noise, label(noise))] = actor
-        finally:
-            for actor in actors:
-                ray.kill(actor)
     finally:
         bar.close()
+        if pool is not None:
+            pool.close()
     return files
 
 
@@ -198,7 +164,8 @@ def best_snapshot(paths: RunPaths) -> tuple[int, float]:
 
 
 def iterate(run: Path, config: IterateConfig, data: Path | None = None,
-            address: str | None = None, progress: bool = True) -> list[dict]:
+            address: str | None = None, progress: bool = True,
+            device: str = "cpu") -> list[dict]:
     """Run (or continue) `config.iterations` iterations, writing the agent's episodes into
     `data` (default: the directory V was trained on); returns the iterate.csv rows."""
     check(config)
@@ -221,13 +188,13 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
     try:
         for it in range(state.completed + 1, config.iterations + 1):
             t0 = time.perf_counter()
-            files = collect_agent(paths.root, data, config, it, address, progress)
+            files = collect_agent(paths.root, data, config, it, address, progress, device)
             unencoded = [f for f in files if not (paths.latents / f.name).exists()]
             if unencoded:
-                encode(paths.root, data, progress=progress, files=unencoded)
+                encode(paths.root, data, progress=progress, device=device, files=unencoded)
             m_config = dataclasses.replace(
                 run_config.mdnrnn, epochs=run_config.mdnrnn.epochs + it * config.mdnrnn_epochs)
-            train_mdnrnn(paths.root, m_config, resume=True, progress=progress)
+            train_mdnrnn(paths.root, m_config, resume=True, progress=progress, device=device)
             if not state.evolving:  # M changed: earlier real checks were of other agents
                 es_state = load_state(paths.es_state)
                 es_state.selected_params, es_state.selected_real = None, -np.inf
@@ -238,7 +205,7 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
                 run_config.evolve, workers=config.workers,
                 generations=run_config.evolve.generations + it * config.generations)
             es_state = evolve(paths.root, e_config, resume=True, address=address,
-                              progress=progress)
+                              progress=progress, device=device)
             snapshot(paths, it, es_state.selected_real)
             m_row = read_csv(paths.logs / "mdnrnn.csv")[-1]
             e_row = read_csv(paths.logs / "evolve.csv")[-1]
@@ -269,7 +236,8 @@ def cli_iterate(args: argparse.Namespace) -> int:
     for name in ("iterations", "episodes", "noise", "workers"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
-    rows = iterate(args.run, config, args.data, address=args.address)
+    rows = iterate(args.run, config, args.data, address=args.address,
+                   device=str(resolve_device(args.device)))
     for row in rows:
         print(f"iteration {int(row['step'])}: {int(row['episodes'])} episodes, M held-out NLL "
               f"{row['valid_z_nll']:.2f}, dream fitness {row['dream_fitness']:.1f}, real check "

@@ -15,9 +15,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from worldmodels.agent import WorldModel, load_controller
 from worldmodels.config import PipelineConfig, load_json, preset, with_seed
+from worldmodels.data.collect import collect
+from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
+from worldmodels.evaluate import evaluate, record_real_video
+from worldmodels.evolve.cmaes import evolve
+from worldmodels.evolve.workers import make_evaluator
+from worldmodels.iterate import iterate
+from worldmodels.plot import fitness_svg
 from worldmodels.run import RunPaths, load_run_config
+from worldmodels.train.encode import encode
+from worldmodels.train.mdnrnn import train_mdnrnn
+from worldmodels.train.vae import train_vae
+from worldmodels.video import dream_frames, write_video
 
 
 def _say(progress: bool, text: str) -> None:
@@ -48,21 +60,11 @@ def latents_fresh(paths: RunPaths, episodes: list[Path]) -> bool:
 
 
 def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int | None = None,
-             address: str | None = None, progress: bool = True,
+             address: str | None = None, progress: bool = True, device: str = "cpu",
              seed: int | None = None) -> dict:
     """Run (or continue) every stage; returns the agent's evaluation and the baseline's.
-    `seed` (a new run's; default 0) makes an independent run of the same preset."""
-    from worldmodels.data.collect import collect
-    from worldmodels.evaluate import evaluate, load_params, record_real_video
-    from worldmodels.evolve.cmaes import evolve
-    from worldmodels.evolve.workers import ModelBundle, make_evaluator
-    from worldmodels.iterate import iterate
-    from worldmodels.plot import fitness_svg
-    from worldmodels.train.encode import encode
-    from worldmodels.train.mdnrnn import train_mdnrnn
-    from worldmodels.train.vae import train_vae
-    from worldmodels.video import dream_frames, write_video
-
+    Networks run on `device` (a resolved name: cpu, cuda, cuda:N); `seed` (a new run's;
+    default 0) makes an independent run of the same preset."""
     paths = RunPaths(Path(run))
     paths.writable()
     config = run_config(paths, preset_name, seed)
@@ -76,22 +78,23 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     episodes = collect(data, config.collect, address=address, progress=progress)
 
     _say(progress, "train-vae")
-    train_vae(data, paths.root, config.vae, resume=True, progress=progress)
+    train_vae(data, paths.root, config.vae, resume=True, progress=progress, device=device)
 
     if latents_fresh(paths, episodes):
         _say(progress, "encode: done already")
     else:
         _say(progress, "encode")
-        encode(paths.root, data, progress=progress)
+        encode(paths.root, data, progress=progress, device=device)
 
     _say(progress, "train-mdnrnn")
     if paths.mdnrnn.exists() and paths.mdnrnn.stat().st_mtime < paths.vae.stat().st_mtime:
         raise UserError(f"{paths.mdnrnn} is older than {paths.vae} (V changed under it); "
                         "move it away to retrain M")
-    train_mdnrnn(paths.root, config.mdnrnn, resume=True, progress=progress)
+    train_mdnrnn(paths.root, config.mdnrnn, resume=True, progress=progress, device=device)
 
     # One set of workers (each holding V and M) for evolution and both evaluations.
-    evaluator = make_evaluator(ModelBundle.from_run(paths.root), config.evolve.workers, address)
+    evaluator = make_evaluator(WorldModel.from_run(paths.root), config.evolve.workers, address,
+                               device, config.evaluate.envs_per_worker)
     results = {}
     try:
         _say(progress, f"evolve {config.evolve.generations} generations in the "
@@ -100,9 +103,10 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
         if config.iterate.iterations:  # M and C change: the evaluations need fresh workers
             evaluator.close()
             _say(progress, f"iterate {config.iterate.iterations} times")
-            iterate(paths.root, config.iterate, data, address=address, progress=progress)
-            evaluator = make_evaluator(ModelBundle.from_run(paths.root),
-                                       config.evaluate.workers, address)
+            iterate(paths.root, config.iterate, data, address=address, progress=progress,
+                    device=device)
+            evaluator = make_evaluator(WorldModel.from_run(paths.root), config.evaluate.workers,
+                                       address, device, config.evaluate.envs_per_worker)
         for policy, out in (("controller", paths.evaluation),
                             ("random", paths.root / "evaluation_random.json")):
             if out.exists() and load_json(out).get("episodes") == config.evaluate.episodes:
@@ -119,11 +123,12 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     dream_video, real_video = paths.videos / "dream.mp4", paths.videos / "real.mp4"
     if not dream_video.exists():
         _say(progress, f"dream video -> {dream_video}")
-        write_video(dream_video, dream_frames(paths.root, steps=config.evolve.max_steps))
+        write_video(dream_video, dream_frames(paths.root, steps=config.evolve.max_steps,
+                                              device=device))
     if not real_video.exists():
         _say(progress, f"real video -> {real_video}")
-        record_real_video(paths.root, real_video, load_params(paths), config.evaluate.seed,
-                          config.evaluate.max_steps)
+        record_real_video(paths.root, real_video, load_controller(paths), config.evaluate.seed,
+                          config.evaluate.max_steps, device)
 
     agent, baseline = results["controller"], results["random"]
     _say(progress, f"done in {time.perf_counter() - start:.0f} s. Real CarRacing over "
@@ -135,7 +140,7 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
 
 def cli_pipeline(args: argparse.Namespace) -> int:
     results = pipeline(args.run, args.preset, args.data, args.workers, args.address,
-                       seed=args.seed)
+                       device=str(resolve_device(args.device)), seed=args.seed)
     agent, baseline = results["controller"], results["random"]
     print(f"pipeline: agent {agent['mean']:.1f} +- {agent['std']:.1f}, random "
           f"{baseline['mean']:.1f} +- {baseline['std']:.1f} ({agent['episodes']} real "

@@ -1,10 +1,13 @@
-"""Starting or joining Ray, one way for every stage."""
+"""Starting or joining Ray, one way for every stage, and the one pool of Ray actors."""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from worldmodels.errors import UserError, warn
 
@@ -114,3 +117,77 @@ def local_auth_token() -> str | None:
         return path.read_text().strip() or None
     except OSError:
         return None
+
+
+class ActorPool:
+    """K Ray actors of one class, created once, for collect and for rollouts alike.
+
+    `run(method, tasks)` keeps TASKS_PER_ACTOR tasks in flight per actor (one running, one
+    queued: an actor never waits for the driver) and yields (task index, result) as each
+    finishes. An actor that dies is replaced by a fresh one and its tasks are resubmitted;
+    an actor slot that dies MAX_DEATHS times without finishing a task in between is given
+    up on with a UserError, so a task that kills every actor does not loop forever."""
+
+    TASKS_PER_ACTOR = 2
+    MAX_DEATHS = 3
+
+    def __init__(self, actor_cls: type, args: tuple, workers: int, address: str | None = None):
+        import ray
+
+        ensure_ray(address, workers)
+        self.remote_cls = ray.remote(num_cpus=1)(actor_cls)
+        # Arguments (the weights) go to the object store once, not once per actor.
+        self.args = tuple(ray.put(a) for a in args)
+        self.actors = [self._new_actor() for _ in range(workers)]
+        self.deaths = [0] * workers
+
+    def _new_actor(self):
+        return self.remote_cls.remote(*self.args)
+
+    def run(self, method: str, tasks: list[tuple]) -> Iterator[tuple[int, Any]]:
+        import ray
+        from ray.exceptions import RayActorError
+
+        todo = deque(range(len(tasks)))
+        pending: dict = {}  # object ref -> (task index, actor slot, the actor it went to)
+
+        def submit(slot: int) -> None:
+            if todo:
+                i, actor = todo.popleft(), self.actors[slot]
+                pending[getattr(actor, method).remote(*tasks[i])] = (i, slot, actor)
+
+        for slot in range(len(self.actors)):
+            for _ in range(self.TASKS_PER_ACTOR):
+                submit(slot)
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            i, slot, actor = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except RayActorError as err:
+                todo.appendleft(i)
+                if actor is self.actors[slot]:  # not a task of an actor already replaced
+                    self._replace(slot, err)
+                submit(slot)
+                continue
+            self.deaths[slot] = 0
+            submit(slot)
+            yield i, result
+
+    def _replace(self, slot: int, err: Exception) -> None:
+        import ray
+
+        self.deaths[slot] += 1
+        if self.deaths[slot] >= self.MAX_DEATHS:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(f"Ray worker {slot} died {self.deaths[slot]} times in a row; "
+                            f"giving up ({first})")
+        ray.kill(self.actors[slot])
+        self.actors[slot] = self._new_actor()
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []

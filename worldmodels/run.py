@@ -27,6 +27,11 @@ class RunPaths:
         return self.root / "latents"
 
     @property
+    def dream_starts(self) -> Path:
+        """V's (mu, logvar) of the first frames of up to 1,000 episodes (written by encode)."""
+        return self.root / "dream_starts.npz"
+
+    @property
     def mdnrnn(self) -> Path:
         return self.root / "mdnrnn.pt"
 

@@ -7,9 +7,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from worldmodels import atomic
+from worldmodels.agent import WorldModel, decode_frames, load_controller
+from worldmodels.device import resolve_device
+from worldmodels.env.dream import BatchedDream
 from worldmodels.errors import UserError, require_finite
+from worldmodels.run import RunPaths, load_run_config
 
 SCALE = 4  # 64x64 frames are tiny on a screen; nearest-neighbour upscaling keeps them crisp
 SUFFIXES = (".mp4", ".gif")
@@ -49,38 +54,30 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 50,
 
 
 def dream_frames(run: Path, steps: int = 300, seed: int = 0, tau: float | None = None,
-                 params: np.ndarray | None = None) -> list[np.ndarray]:
+                 params: np.ndarray | None = None, device: str = "cpu") -> list[np.ndarray]:
     """A dream from the run's M, driven by its C (controller.npy), decoded through V."""
-    import torch
-
-    from worldmodels.env.dream import DreamEnv
-    from worldmodels.evaluate import load_params, one_thread
-    from worldmodels.models.controller import Controller
-    from worldmodels.run import RunPaths, load_run_config
-
     paths = RunPaths(Path(run))
     if tau is None:
         tau = load_run_config(paths).evolve.tau
     require_finite("--tau", tau, above=0)
-    env = DreamEnv.from_run(paths.root, tau=tau, max_steps=steps, render_mode="rgb_array")
-    params = load_params(paths) if params is None else params
-    c = env.dream
-    controller = Controller(params, c.z_size, c.hidden)
-    with one_thread(), torch.inference_mode():
-        obs, _ = env.reset(seed=seed)
-        frames = [env.render()]
+    world = WorldModel.from_run(paths.root)
+    params = load_controller(paths) if params is None else params
+    dream = BatchedDream(world.mdnrnn(device), world.starts(), tau, steps, device)
+    controllers = world.controllers(params, dream.device)
+    with torch.inference_mode():
+        dream.reset([seed])
+        zs = [dream.z.clone()]
         for _ in range(steps):
-            x = torch.from_numpy(obs)[None]
-            action = controller.act(x[:, : c.z_size], x[:, c.z_size :])[0].numpy()
-            obs, _, terminated, truncated, _ = env.step(action)
-            frames.append(env.render())
-            if terminated or truncated:
+            _, done = dream.drive(controllers)
+            zs.append(dream.z.clone())
+            if done[0]:
                 break
-    return frames
+        return list(decode_frames(world.vae(device), torch.cat(zs)))
 
 
 def cli_dream_video(args: argparse.Namespace) -> int:
-    frames = dream_frames(args.run, args.steps, args.seed, args.tau)
+    frames = dream_frames(args.run, args.steps, args.seed, args.tau,
+                          device=str(resolve_device(args.device)))
     write_video(args.out, frames, fps=args.fps)
     print(f"dream-video: {len(frames)} frames -> {args.out}")
     return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,10 @@ from worldmodels.data.rollouts import (
     validate_dir,
     write_episode,
 )
+from worldmodels.env.carracing import make_env
 from worldmodels.errors import UserError
 from worldmodels.progress import progress_bar
-from worldmodels.ray_session import warn_if_address_ignored
-
-TASKS_PER_WORKER = 2  # one running, one queued: a worker never waits for the driver
+from worldmodels.ray_session import ActorPool, ensure_ray, warn_if_address_ignored
 
 
 def run_episode(env, policy_name: str, seed: int) -> Episode:
@@ -63,8 +61,6 @@ class EpisodeWorker:
     """Holds one env for its lifetime; returns each episode as compressed npz bytes."""
 
     def __init__(self, max_steps: int, policy: str):
-        from worldmodels.env.carracing import make_env
-
         self.env = make_env(max_steps=max_steps)
         self.policy = policy
 
@@ -96,8 +92,6 @@ def collect(
     if not missing:
         return paths
     if config.workers > 0:
-        from worldmodels.ray_session import ensure_ray
-
         ensure_ray(address, config.workers)  # before the bar: a bad address is one clean line
     bar = progress_bar(total=len(missing), unit="ep", desc="collect", disable=not progress)
     try:
@@ -116,8 +110,6 @@ def _update_bar(bar: tqdm, frames: int, start: float) -> None:
 
 
 def _collect_serial(out: Path, config: CollectConfig, seeds: list[int], bar: tqdm) -> None:
-    from worldmodels.env.carracing import make_env
-
     env = make_env(max_steps=config.max_steps)
     start, frames = time.perf_counter(), 0
     try:
@@ -131,34 +123,16 @@ def _collect_serial(out: Path, config: CollectConfig, seeds: list[int], bar: tqd
 
 
 def _collect_ray(out: Path, config: CollectConfig, seeds: list[int], bar: tqdm) -> None:
-    import ray
-
-    n_workers = min(config.workers, len(seeds))
-    actor_cls = ray.remote(num_cpus=1)(EpisodeWorker)
-    actors = [actor_cls.remote(config.max_steps, config.policy) for _ in range(n_workers)]
-    todo = deque(seeds)
-    pending: dict = {}  # object ref -> the actor running it
-
-    def submit(actor) -> None:
-        if todo:
-            pending[actor.run.remote(todo.popleft())] = actor
-
+    pool = ActorPool(EpisodeWorker, (config.max_steps, config.policy),
+                     min(config.workers, len(seeds)))
     start, frames = time.perf_counter(), 0
     try:
-        for actor in actors:
-            for _ in range(TASKS_PER_WORKER):
-                submit(actor)
-        while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            actor = pending.pop(ref)
-            seed, data, steps = ray.get(ref)
-            submit(actor)
+        for _, (seed, data, steps) in pool.run("run", [(seed,) for seed in seeds]):
             write_bytes(episode_path(out, seed), data)
             frames += steps
             _update_bar(bar, frames, start)
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        pool.close()
 
 
 def cli_collect(args: argparse.Namespace) -> int:

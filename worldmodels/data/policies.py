@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-ACTION_LOW = np.array([-1.0, 0.0, 0.0], np.float32)  # steer, gas, brake
-ACTION_HIGH = np.array([1.0, 1.0, 1.0], np.float32)
+from worldmodels.models.controller import ACTION_HIGH, ACTION_LOW
+
 BROWNIAN_STEP = float(np.sqrt(1.0 / 50))  # std of one step: a Wiener process at CarRacing's 50 fps
 
 Policy = Callable[[np.ndarray], np.ndarray]

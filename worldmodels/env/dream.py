@@ -9,16 +9,15 @@ Done is a threshold, not a coin: a dream ends when sigmoid(d_t) > 0.5. M's done 
 trained with a class-balancing weight (negatives / positives), so its probability is that
 of a balanced problem; sampling it as a coin would end most dreams far too early.
 
-Randomness: every dream row owns a `torch.Generator` seeded with that row's seed. At reset
-it draws the start (which real episode start, then the z noise); then, every CHUNK steps, a
-block of uniforms (mixture choice) and normals (z noise). So a row's dream depends only on
-its seed and its actions, never on which other rows share the batch: a batched dream and a
-single `DreamEnv` agree for the same seed.
+Randomness: every dream row owns a CPU `torch.Generator` seeded with that row's seed. At
+reset it draws the start (which real episode start, then the z noise); then, every CHUNK
+steps, a block of uniforms (mixture choice) and normals (z noise), copied to the dream's
+device. So a row's dream depends only on its seed and its actions, never on which other
+rows share the batch or where it runs: a batched dream and a `DreamEnv` agree for a seed.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import gymnasium as gym
@@ -26,35 +25,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from worldmodels.models.controller import ACTIONS, squash
+from worldmodels.agent import WorldModel
+from worldmodels.models.controller import ACTION_HIGH, ACTION_LOW, ACTIONS, Controllers
+from worldmodels.models.mdn import check_tau
 from worldmodels.models.mdnrnn import MDNRNN, dropout_mask
 from worldmodels.models.vae import ConvVAE
 
 CHUNK = 32  # steps of noise drawn per row at a time
-ACTION_LOW = np.array([-1.0, 0.0, 0.0], np.float32)
-ACTION_HIGH = np.array([1.0, 1.0, 1.0], np.float32)
-
-
-def check_tau(tau: float) -> float:
-    from worldmodels.errors import UserError
-
-    if not (tau > 0 and math.isfinite(tau)):
-        raise UserError(f"--tau must be finite and > 0, got {tau}")
-    return float(tau)
 
 
 class BatchedDream:
     """B dreams of one M, stepped together with no autograd and no per-row work per step.
 
-    `starts` are V's (mu, logvar) of real episodes' first frames, each (N, Z)."""
+    `starts` are V's (mu, logvar) of real episodes' first frames, each (N, Z). The state
+    lives on `device`; the noise is drawn on the CPU (per-row generators) and copied."""
 
     def __init__(self, mdnrnn: MDNRNN, starts: tuple[Tensor, Tensor], tau: float = 1.15,
-                 max_steps: int = 1000):
+                 max_steps: int = 1000, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        mdnrnn = mdnrnn.to(self.device)
         c = mdnrnn.config
         self.z_size, self.hidden, self.k = c.z_size, c.hidden_size, c.gaussians
         self.tau, self.max_steps = check_tau(tau), max_steps
-        self.start_mu = starts[0].float().contiguous()
-        self.start_std = torch.exp(0.5 * starts[1].float()).contiguous()
+        self.start_mu = starts[0].float().cpu().contiguous()
+        self.start_std = torch.exp(0.5 * starts[1].float().cpu()).contiguous()
         z = self.z_size
         with torch.no_grad():
             lstm = mdnrnn.lstm
@@ -86,13 +80,17 @@ class BatchedDream:
             return
         z, h = self.z_size, self.hidden
         self.batch = batch
-        self.x = torch.zeros(batch, z + h + ACTIONS)  # [z, h, a]: M's input and C's input
-        self.c = torch.zeros(batch, h)
-        self.gates = torch.empty(batch, 4 * h)
-        self.head_out = torch.empty(batch, self.w_heads.shape[1])
-        self.uniform = torch.empty(batch, CHUNK, z)
-        self.normal = torch.empty(batch, CHUNK, z)
+        on = {"device": self.device}
+        self.x = torch.zeros(batch, z + h + ACTIONS, **on)  # [z, h, a]: M's and C's input
+        self.c = torch.zeros(batch, h, **on)
+        self.gates = torch.empty(batch, 4 * h, **on)
+        self.head_out = torch.empty(batch, self.w_heads.shape[1], **on)
         self.x_masked = torch.empty_like(self.x)
+        # Drawn on the CPU by the rows' generators; on another device, copied once a chunk.
+        self.cpu_noise = torch.empty(2, batch, CHUNK, z)
+        self.noise = self.cpu_noise if self.device.type == "cpu" else torch.empty(
+            2, batch, CHUNK, z, **on)
+        self.uniform, self.normal = self.noise.unbind(0)
 
     @property
     def z(self) -> Tensor:
@@ -122,7 +120,7 @@ class BatchedDream:
         self.mask = None
         if self.dropout > 0:  # one mask per dream for [z, h, a], from the row's generator
             self.mask = torch.stack([dropout_mask(self.x.shape[1:], self.dropout, g)
-                                     for g in self.generators])
+                                     for g in self.generators]).to(self.device)
         self.x.zero_()
         self.c.zero_()
         self.z.copy_(self.start_mu[index] + self.start_std[index] * eps)
@@ -130,9 +128,12 @@ class BatchedDream:
         return self.obs
 
     def _draw_noise(self) -> None:
+        uniform, normal = self.cpu_noise.unbind(0)
         for i, g in enumerate(self.generators):
-            torch.rand(CHUNK, self.z_size, generator=g, out=self.uniform[i])
-            torch.randn(CHUNK, self.z_size, generator=g, out=self.normal[i])
+            torch.rand(CHUNK, self.z_size, generator=g, out=uniform[i])
+            torch.randn(CHUNK, self.z_size, generator=g, out=normal[i])
+        if self.noise is not self.cpu_noise:
+            self.noise.copy_(self.cpu_noise, non_blocking=True)
 
     @torch.inference_mode()
     def step(self, action: Tensor) -> tuple[Tensor, Tensor]:
@@ -151,7 +152,7 @@ class BatchedDream:
         g.mul_(2.0).sub_(1.0)  # = tanh of the undoubled pre-activation
         self.c.mul_(f).addcmul_(i, g)
         h = self.h
-        torch.sigmoid(self.c * 2.0, out=h)  # h = o * tanh(c), via sigmoid again
+        torch.mul(self.c, 2.0, out=h).sigmoid_()  # h = o * tanh(c), via sigmoid again
         h.mul_(2.0).sub_(1.0).mul_(o)
         # Heads, then z_{t+1} from the MDN core's own sampler with this step's noise.
         out = torch.addmm(self.b_heads, h, self.w_heads, out=self.head_out)
@@ -163,47 +164,36 @@ class BatchedDream:
         return reward, done
 
     @torch.inference_mode()
-    def rollout(self, params: Tensor | np.ndarray, seeds: list[int] | np.ndarray) -> np.ndarray:
-        """Each row driven by its own controller params (B, P): total dream reward per row.
+    def drive(self, controllers: Controllers) -> tuple[Tensor, Tensor]:
+        """One step with row i driven by controller i: C acts on [z, h], then `step`."""
+        return self.step(controllers.act(self.obs))
 
-        A row stops adding reward after its first done; all stop at `max_steps`."""
-        params = torch.from_numpy(np.array(params, np.float32))  # a writable copy
+    @torch.inference_mode()
+    def rollout(self, params: Tensor | np.ndarray, seeds: list[int] | np.ndarray,
+                with_steps: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Each row driven by its own controller params (B, P): total dream reward per row
+        (and, `with_steps`, the steps it ran). A row stops adding reward after its first
+        done; all stop at `max_steps`."""
+        controllers = Controllers(params, self.z_size, self.hidden, self.device)
         self.reset(seeds)
-        n_in = self.z_size + self.hidden
-        weight = params[:, : n_in * ACTIONS].reshape(-1, ACTIONS, n_in)
-        bias = params[:, n_in * ACTIONS :]
-        total = torch.zeros(self.batch)
-        alive = torch.ones(self.batch, dtype=torch.bool)
+        total = torch.zeros(self.batch, device=self.device)
+        steps = torch.zeros(self.batch, dtype=torch.long, device=self.device)
+        alive = torch.ones(self.batch, dtype=torch.bool, device=self.device)
         for _ in range(self.max_steps):
-            # Each row its own C: a row-wise dot product (5x faster than a batched matmul of
-            # 3 x 288 matrices on CPU).
-            raw = torch.linalg.vecdot(weight, self.obs.unsqueeze(1)).add_(bias)
-            reward, done = self.step(squash(raw))
+            reward, done = self.drive(controllers)
             total.add_(reward.masked_fill_(~alive, 0.0))
+            steps.add_(alive)
             alive &= ~done
             if not alive.any():
                 break
-        return total.numpy().astype(np.float64)
+        total_np = total.cpu().numpy().astype(np.float64)
+        return (total_np, steps.cpu().numpy()) if with_steps else total_np
 
     @torch.inference_mode()
     def flops_per_step(self) -> int:
         """Multiply-adds x 2 of one row's step (matmuls only: LSTM, heads, controller)."""
         n_in = self.z_size + self.hidden
         return 2 * (self.w_lstm.numel() + self.hidden * self.head_width + n_in * ACTIONS)
-
-
-def load_starts(latents_dir: Path, limit: int = 1000) -> tuple[Tensor, Tensor]:
-    """(mu, logvar) of the first frame of up to `limit` encoded episodes, each (N, Z)."""
-    from worldmodels.data.latents import list_latents, read_latents
-    from worldmodels.errors import UserError
-
-    files = list_latents(latents_dir)[:limit]
-    if not files:
-        raise UserError(f"{latents_dir}: no encoded episodes; run `worldmodels encode` first")
-    firsts = [read_latents(f) for f in files]
-    mu = torch.from_numpy(np.stack([e.mu[0] for e in firsts]).astype(np.float32))
-    logvar = torch.from_numpy(np.stack([e.logvar[0] for e in firsts]).astype(np.float32))
-    return mu, logvar
 
 
 class DreamEnv(gym.Env):
@@ -214,8 +204,9 @@ class DreamEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
     def __init__(self, mdnrnn: MDNRNN, starts: tuple[Tensor, Tensor], vae: ConvVAE | None = None,
-                 tau: float = 1.15, max_steps: int = 1000, render_mode: str | None = None):
-        self.dream = BatchedDream(mdnrnn, starts, tau=tau, max_steps=max_steps)
+                 tau: float = 1.15, max_steps: int = 1000, render_mode: str | None = None,
+                 device: torch.device | str = "cpu"):
+        self.dream = BatchedDream(mdnrnn, starts, tau=tau, max_steps=max_steps, device=device)
         self.vae, self.max_steps, self.render_mode = vae, max_steps, render_mode
         size = mdnrnn.config.z_size + mdnrnn.config.hidden_size
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
@@ -224,14 +215,14 @@ class DreamEnv(gym.Env):
 
     @classmethod
     def from_run(cls, run: Path, tau: float = 1.15, max_steps: int = 1000,
-                 render_mode: str | None = None) -> DreamEnv:
-        from worldmodels.evolve.workers import ModelBundle
-
-        bundle = ModelBundle.from_run(Path(run), with_vae=render_mode is not None)
-        return cls(bundle.mdnrnn(), bundle.starts(), bundle.vae(), tau, max_steps, render_mode)
+                 render_mode: str | None = None, device: torch.device | str = "cpu") -> DreamEnv:
+        world = WorldModel.from_run(Path(run), with_vae=render_mode is not None)
+        vae = world.vae(device) if render_mode is not None else None
+        return cls(world.mdnrnn(device), world.starts(), vae, tau, max_steps, render_mode,
+                   device)
 
     def _obs(self) -> np.ndarray:
-        return self.dream.obs[0].numpy().astype(np.float32, copy=True)
+        return self.dream.obs[0].cpu().numpy().astype(np.float32, copy=True)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -244,7 +235,8 @@ class DreamEnv(gym.Env):
 
     def step(self, action):
         action = np.clip(np.asarray(action, np.float32), ACTION_LOW, ACTION_HIGH)
-        reward, done = self.dream.step(torch.from_numpy(action).view(1, ACTIONS))
+        reward, done = self.dream.step(torch.from_numpy(action).view(1, ACTIONS).to(
+            self.dream.device))
         self._stepped += 1
         truncated = self._stepped >= self.max_steps
         return self._obs(), float(reward[0]), bool(done[0]), truncated, {}
@@ -254,4 +246,4 @@ class DreamEnv(gym.Env):
             raise RuntimeError("DreamEnv.render needs V: pass vae= (or from_run with render_mode)")
         with torch.inference_mode():
             frame = self.vae.decode(self.dream.z.clone())[0]
-        return (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        return (frame.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)

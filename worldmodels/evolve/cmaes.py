@@ -42,9 +42,12 @@ import numpy as np
 from tqdm import tqdm
 
 from worldmodels import atomic
+from worldmodels.agent import WorldModel
 from worldmodels.config import EvolveConfig, from_dict
+from worldmodels.device import resolve_device
 from worldmodels.errors import UserError, require_finite
 from worldmodels.evolve import safe_pickle
+from worldmodels.evolve.workers import make_evaluator
 from worldmodels.logger import RunLogger
 from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
@@ -138,20 +141,18 @@ def save_params(path: Path, params: np.ndarray) -> None:
 
 
 def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str | None = None,
-           progress: bool = True, evaluator=None) -> EvolveState:
+           progress: bool = True, evaluator=None, device: str = "cpu") -> EvolveState:
     """Run (or with `resume`, continue) CMA-ES up to `config.generations`; returns the final
     state. `evaluator` (optional) replaces the one made from `config.workers`."""
     with warnings.catch_warnings():  # cma warns when matplotlib (for its plots) is absent
         warnings.simplefilter("ignore")
         import cma
 
-    from worldmodels.evolve.workers import ModelBundle, make_evaluator
-
     validate(config)
     paths = RunPaths(Path(run))
     paths.writable()
-    bundle = ModelBundle.from_run(paths.root)  # one line if V, M or latents are missing
-    n_params = bundle.param_count
+    world = WorldModel.from_run(paths.root)  # one line if V, M or latents are missing
+    n_params = world.param_count
     if paths.es_state.exists() and not resume:
         raise UserError(f"{paths.es_state} exists; pass --resume to continue it or choose "
                         "another --run")
@@ -181,7 +182,8 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
 
     own_evaluator = evaluator is None
     if own_evaluator:
-        evaluator = make_evaluator(bundle, config.workers, address)
+        evaluator = make_evaluator(world, config.workers, address, device,
+                                   config.envs_per_worker)
     logger = RunLogger(paths.logs, "evolve", keep_through=state.generation)
     real_logger = RunLogger(paths.logs, "evolve_real", keep_through=state.generation)
     bar = progress_bar(total=config.generations, initial=state.generation, unit="gen",
@@ -192,10 +194,9 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
             solutions = es.ask()
             candidates = np.asarray(solutions, np.float32)
             seeds = rollout_seeds(config.seed, gen, len(candidates), config.rollouts)
-            rows = np.repeat(candidates, config.rollouts, axis=0)
-            returns = evaluator.returns(config.where, rows, seeds.ravel(), config.tau,
-                                        config.max_steps).reshape(seeds.shape)
-            fitness = returns.mean(1)
+            # Each candidate once, with its row of seeds: not one copy per rollout.
+            fitness = evaluator.run(config.where, candidates, seeds, config.tau,
+                                    config.max_steps).returns.mean(1)
             es.tell(solutions, (-fitness).tolist())
             best = int(fitness.argmax())
             if fitness[best] > state.best_fitness:
@@ -204,9 +205,9 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
             real_mean = None
             if real_check_due(config, gen + 1):
                 real_seeds = REAL_EVAL_SEED + np.arange(config.real_eval_episodes)
-                real_mean = float(evaluator.returns(
-                    "real", np.tile(mean, (len(real_seeds), 1)), real_seeds, config.tau,
-                    config.real_eval_max_steps).mean())
+                real_mean = float(evaluator.run(
+                    "real", mean[None], real_seeds[None], config.tau,
+                    config.real_eval_max_steps).returns.mean())
                 if real_mean > state.selected_real:
                     state.selected_params, state.selected_real = mean, real_mean
                     state.selected_generation = gen + 1
@@ -247,7 +248,10 @@ def cli_evolve(args: argparse.Namespace) -> int:
                        ("workers", "workers"), ("max_steps", "max_steps")):
         if getattr(args, flag) is not None:
             setattr(config, name, getattr(args, flag))
-    state = evolve(args.run, config, resume=args.resume, address=args.address)
+    if args.envs_per_worker is not None:
+        config.envs_per_worker = args.envs_per_worker
+    state = evolve(args.run, config, resume=args.resume, address=args.address,
+                   device=str(resolve_device(args.device)))
     chosen = (f"the mean of generation {state.selected_generation} (real check "
               f"{state.selected_real:.1f})" if state.selected_params is not None
               else "the last CMA-ES mean")

@@ -1,241 +1,175 @@
-"""Who runs the rollouts: Ray actors created once with the model weights, or the same work
+"""Who runs the rollouts: Ray actors created once with the world model, or the same work
 serially in-process (`--workers 0`). Both have one interface:
 
-    evaluator.returns(where, params, seeds, tau, max_steps, bar=None, on_rows=None)
-        -> total reward per row
+    evaluator.run(where, params, seeds, tau, max_steps, bar=None, on_rows=None) -> Scores
 
-`params` is (n, P) controller vectors (None: the random policy) and `seeds` (n,): row i is
-one rollout of params[i] with seed seeds[i], in the dream (M) or in the real CarRacing.
-Each call sends only these arrays; the weights went to each actor once, as state dicts
-(not paths), so actors work on any node of a cluster. `bar` (a tqdm bar, optional) advances
-by each row as it finishes: real episodes take seconds each. `on_rows(lo, hi, returns)`
-(optional) is called as each chunk of rows finishes, so a caller can keep finished work.
+`params` is (C, P) controller vectors (None: the random policy) and `seeds` (C, R): row c is
+R rollouts of params[c], one per seed, in the dream (M) or in the real CarRacing. Each call
+puts the parameters in Ray's object store once, where every actor reads them; a task
+carries only its row indices and seeds. The weights went to each actor once, as state
+dicts (not paths), so actors work on any node of a cluster. `bar` (a tqdm bar, optional)
+advances by each rollout as its task finishes. `on_rows(lo, hi, scores)` (optional) is
+called as each task finishes, with the (hi - lo, 2) returns and steps of rollouts lo..hi
+of the flattened seeds, so a caller can keep finished work.
+
+Real rollouts run in batches: each worker steps `envs` CarRacing envs together and runs
+V, M and C on all their frames at once (`worldmodels.agent.run_episodes`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from worldmodels import checkpoint
-from worldmodels.config import MDNRNNConfig, VAEConfig, from_dict
-from worldmodels.errors import UserError
-from worldmodels.models.mdnrnn import MDNRNN
-from worldmodels.models.vae import ConvVAE
-from worldmodels.ray_session import warn_if_address_ignored
-from worldmodels.run import RunPaths
+from worldmodels.agent import Agent, WorldModel, run_episodes
+from worldmodels.device import resolve_device
+from worldmodels.env.carracing import make_env
+from worldmodels.env.dream import BatchedDream
+from worldmodels.ray_session import ActorPool, warn_if_address_ignored
 
 WHERE = ("dream", "real")
-RowsDone = Callable[[int, int, np.ndarray], None]  # (lo, hi, returns of rows lo..hi)
+RowsDone = Callable[[int, int, np.ndarray], None]  # (lo, hi, (hi - lo, 2) returns and steps)
 
 
 @dataclass
-class ModelBundle:
-    """Everything a worker needs, as plain picklable data."""
-
-    mdnrnn_config: dict
-    mdnrnn_state: dict
-    vae_config: dict | None
-    vae_state: dict | None
-    start_mu: torch.Tensor  # (N, Z): V's posterior of real episodes' first frames
-    start_logvar: torch.Tensor
-
-    @classmethod
-    def from_run(cls, run: Path, with_vae: bool = True) -> ModelBundle:
-        from dataclasses import asdict
-
-        from worldmodels.env.dream import load_starts
-
-        paths = RunPaths(Path(run))
-        paths.require(paths.vae, "train-vae")
-        paths.require(paths.mdnrnn, "train-mdnrnn")
-        mdnrnn, _ = checkpoint.load_model(paths.mdnrnn, MDNRNN, MDNRNNConfig)
-        vae_config = vae_state = None
-        if with_vae:
-            vae, _ = checkpoint.load_model(paths.vae, ConvVAE, VAEConfig)
-            if vae.config.z_size != mdnrnn.config.z_size:  # else a matmul error mid-run
-                raise UserError(f"{paths.vae}: V has z size {vae.config.z_size} but "
-                                f"{paths.mdnrnn.name} was trained on z size "
-                                f"{mdnrnn.config.z_size}; retrain M (train-mdnrnn) after V")
-            vae_config, vae_state = asdict(vae.config), vae.state_dict()
-        mu, logvar = load_starts(paths.latents)
-        if mu.shape[1] != mdnrnn.config.z_size:
-            raise UserError(f"{paths.latents}: z size {mu.shape[1]} but M has "
-                            f"{mdnrnn.config.z_size}")
-        return cls(asdict(mdnrnn.config), mdnrnn.state_dict(), vae_config, vae_state, mu, logvar)
-
-    def mdnrnn(self) -> MDNRNN:
-        model = MDNRNN(from_dict(MDNRNNConfig, self.mdnrnn_config))
-        model.load_state_dict(self.mdnrnn_state)
-        return model.eval()
-
-    def vae(self) -> ConvVAE | None:
-        if self.vae_state is None:
-            return None
-        model = ConvVAE(from_dict(VAEConfig, self.vae_config))
-        model.load_state_dict(self.vae_state)
-        return model.eval()
-
-    def starts(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.start_mu, self.start_logvar
-
-    @property
-    def param_count(self) -> int:
-        from worldmodels.models.controller import param_count
-
-        return param_count(self.mdnrnn_config["z_size"], self.mdnrnn_config["hidden_size"])
+class Scores:
+    returns: np.ndarray  # (C, R) total reward of each rollout
+    steps: np.ndarray  # (C, R) steps it ran
 
 
 class RolloutWorker:
-    """Holds the models; runs rows of rollouts in the dream or the real env."""
+    """Holds the models (and up to `envs` CarRacing envs); runs rows of rollouts in the
+    dream or the real env."""
 
-    def __init__(self, bundle: ModelBundle, threads: int | None = None):
+    def __init__(self, world: WorldModel, device: str = "cpu", envs: int = 4,
+                 threads: int = 0):
         if threads:
             torch.set_num_threads(threads)
-        self.bundle = bundle
-        self.mdnrnn = bundle.mdnrnn()
-        self._vae: ConvVAE | None = None
+        self.world, self.device, self.n_envs = world, resolve_device(device), envs
+        self.mdnrnn = world.mdnrnn(self.device)
+        self._agent: Agent | None = None
         self._dreams: dict = {}
-        self._env = None
+        self._envs: list = []
+        self._env_steps = 0
 
-    def run(self, where: str, params: np.ndarray | None, seeds: np.ndarray, tau: float,
-            max_steps: int) -> np.ndarray:
+    def run(self, where: str, params: np.ndarray | None, rows: np.ndarray, seeds: np.ndarray,
+            tau: float, max_steps: int) -> np.ndarray:
+        """Rollout k: controller params[rows[k]] with seed seeds[k]. Returns (n, 2):
+        total reward and steps per rollout."""
         if where == "dream":
-            from worldmodels.env.dream import BatchedDream
-
             if params is None:
                 raise ValueError("the dream needs controller params")
             key = (tau, max_steps)
             if key not in self._dreams:
-                self._dreams = {key: BatchedDream(self.mdnrnn, self.bundle.starts(), tau,
-                                                  max_steps)}
-            return self._dreams[key].rollout(params, seeds)
-        from worldmodels.env.carracing import make_env
-        from worldmodels.evaluate import real_episode
+                self._dreams = {key: BatchedDream(self.mdnrnn, self.world.starts(), tau,
+                                                  max_steps, self.device)}
+            returns, steps = self._dreams[key].rollout(params[rows], seeds, with_steps=True)
+            return np.stack([returns, steps], 1).astype(np.float64)
+        controllers = None
+        if params is not None:
+            if self._agent is None:
+                self._agent = Agent(self.world.vae(self.device), self.mdnrnn, self.device)
+            controllers = self.world.controllers(params, self.device)
+        results = run_episodes(self._env_batch(max_steps, len(seeds)), seeds, max_steps,
+                               self._agent, controllers, rows)
+        return np.array([[r.total_reward, r.steps] for r in results], np.float64)
 
-        if self._vae is None:
-            self._vae = self.bundle.vae()
-            if self._vae is None:
-                raise ValueError("real rollouts need V in the bundle")
-        if self._env is None or self._env_steps != max_steps:
-            self._env, self._env_steps = make_env(max_steps=max_steps), max_steps
-        rows = []
-        for i, seed in enumerate(seeds):
-            row_params = None if params is None else params[i]
-            rows.append(real_episode(self._env, self._vae, self.mdnrnn, row_params, int(seed),
-                                     max_steps).total_reward)
-        return np.array(rows, np.float64)
+    def _env_batch(self, max_steps: int, n: int) -> list:
+        if self._env_steps != max_steps:
+            for env in self._envs:
+                env.close()
+            self._envs, self._env_steps = [], max_steps
+        while len(self._envs) < min(self.n_envs, n):
+            self._envs.append(make_env(max_steps=max_steps))
+        return self._envs[:n]
 
     def ping(self) -> bool:
         return True
 
 
-def chunk_bounds(where: str, n: int, workers: int) -> list[tuple[int, int]]:
-    """(lo, hi) row ranges, each one task: in the dream one per worker (a bigger batch of
-    dreams is faster); in the real env one per episode, which takes seconds (balance and
-    progress)."""
-    n_chunks = min(n, workers) if where == "dream" else n
+def chunk_bounds(where: str, n: int, workers: int, envs: int) -> list[tuple[int, int]]:
+    """(lo, hi) rollout ranges, each one task: in the dream one per worker (a bigger batch of
+    dreams is faster); in the real env `envs` episodes, one batch of a worker's envs."""
+    n_chunks = min(n, workers) if where == "dream" else -(-n // envs)
     bounds = np.linspace(0, n, n_chunks + 1).astype(int)
     return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
 
 
+def _flat(seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """(C, R) seeds -> (row of params per rollout, seed per rollout, the shape)."""
+    seeds = np.asarray(seeds)
+    if seeds.ndim != 2:
+        raise ValueError(f"seeds must be (candidates, rollouts), got shape {seeds.shape}")
+    rows = np.repeat(np.arange(seeds.shape[0]), seeds.shape[1])
+    return rows, seeds.ravel(), seeds.shape
+
+
+def _scores(out: np.ndarray, shape: tuple[int, ...]) -> Scores:
+    return Scores(out[:, 0].reshape(shape), out[:, 1].astype(np.int64).reshape(shape))
+
+
 class SerialEvaluator:
-    """In-process, no Ray: the same rows, one after another."""
+    """In-process, no Ray: the same tasks, one after another."""
 
-    def __init__(self, bundle: ModelBundle):
-        self.worker = RolloutWorker(bundle)
+    def __init__(self, world: WorldModel, device: str = "cpu", envs: int = 4):
+        self.worker, self.envs = RolloutWorker(world, device, envs), envs
 
-    def returns(self, where: str, params: np.ndarray | None, seeds: np.ndarray,
-                tau: float = 1.0, max_steps: int = 1000, bar=None,
-                on_rows: RowsDone | None = None) -> np.ndarray:
-        seeds = np.asarray(seeds)
-        out = np.empty(len(seeds), np.float64)
-        for lo, hi in chunk_bounds(where, len(seeds), workers=1):
-            rows = None if params is None else params[lo:hi]
-            out[lo:hi] = self.worker.run(where, rows, seeds[lo:hi], tau, max_steps)
+    def run(self, where: str, params: np.ndarray | None, seeds: np.ndarray, tau: float = 1.0,
+            max_steps: int = 1000, bar=None, on_rows: RowsDone | None = None) -> Scores:
+        rows, flat, shape = _flat(seeds)
+        out = np.empty((len(flat), 2), np.float64)
+        for lo, hi in chunk_bounds(where, len(flat), 1, self.envs):
+            out[lo:hi] = self.worker.run(where, params, rows[lo:hi], flat[lo:hi], tau,
+                                         max_steps)
             if on_rows is not None:
                 on_rows(lo, hi, out[lo:hi])
             if bar is not None:
                 bar.update(hi - lo)
-        return out
+        return _scores(out, shape)
 
     def close(self) -> None:
         pass
 
 
 class RayEvaluator:
-    """K Ray actors, one CPU each, created once with the weights.
+    """K Ray actors (an `ActorPool`), one CPU each, created once with the world model. An
+    actor that dies is replaced from the same weights and its task resubmitted."""
 
-    Rows are cut into chunks (`chunk_bounds`). An actor that dies is replaced by a fresh one
-    (made from the same weights, which stay in the object store) and its chunk is
-    resubmitted, so a generation always completes."""
+    def __init__(self, world: WorldModel, workers: int, address: str | None = None,
+                 device: str = "cpu", envs: int = 4):
+        self.pool = ActorPool(RolloutWorker, (world, device, envs, 1), workers, address)
+        self.envs = envs
 
-    def __init__(self, bundle: ModelBundle, workers: int, address: str | None = None):
+    def run(self, where: str, params: np.ndarray | None, seeds: np.ndarray, tau: float = 1.0,
+            max_steps: int = 1000, bar=None, on_rows: RowsDone | None = None) -> Scores:
         import ray
 
-        from worldmodels.ray_session import ensure_ray
-
-        ensure_ray(address, workers)
-        self.bundle_ref = ray.put(bundle)
-        self.actor_cls = ray.remote(num_cpus=1)(RolloutWorker)
-        self.actors = [self._new_actor() for _ in range(workers)]
-
-    def _new_actor(self):
-        return self.actor_cls.remote(self.bundle_ref, threads=1)
-
-    def returns(self, where: str, params: np.ndarray | None, seeds: np.ndarray,
-                tau: float = 1.0, max_steps: int = 1000, bar=None,
-                on_rows: RowsDone | None = None) -> np.ndarray:
-        import ray
-        from ray.exceptions import RayActorError
-
-        seeds = np.asarray(seeds)
-        chunks = chunk_bounds(where, len(seeds), len(self.actors))
-        out = np.empty(len(seeds), np.float64)
-        todo = list(range(len(chunks)))
-        pending: dict = {}  # ref -> (chunk index, actor index)
-
-        def submit(chunk: int, actor: int) -> None:
-            lo, hi = chunks[chunk]
-            rows = None if params is None else params[lo:hi]
-            ref = self.actors[actor].run.remote(where, rows, seeds[lo:hi], tau, max_steps)
-            pending[ref] = (chunk, actor)
-
-        for actor in range(len(self.actors)):
-            if todo:
-                submit(todo.pop(0), actor)
-        while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            chunk, actor = pending.pop(ref)
-            try:
-                lo, hi = chunks[chunk]
-                out[lo:hi] = ray.get(ref)
-                if on_rows is not None:
-                    on_rows(lo, hi, out[lo:hi])
-                if bar is not None:
-                    bar.update(hi - lo)
-            except RayActorError:
-                self.actors[actor] = self._new_actor()  # gone for good: replace, redo
-                todo.insert(0, chunk)
-            if todo:
-                submit(todo.pop(0), actor)
-        return out
+        rows, flat, shape = _flat(seeds)
+        chunks = chunk_bounds(where, len(flat), len(self.pool.actors), self.envs)
+        params_ref = None if params is None else ray.put(np.asarray(params, np.float32))
+        tasks = [(where, params_ref, rows[lo:hi], flat[lo:hi], tau, max_steps)
+                 for lo, hi in chunks]
+        out = np.empty((len(flat), 2), np.float64)
+        for i, result in self.pool.run("run", tasks):
+            lo, hi = chunks[i]
+            out[lo:hi] = result
+            if on_rows is not None:
+                on_rows(lo, hi, out[lo:hi])
+            if bar is not None:
+                bar.update(hi - lo)
+        return _scores(out, shape)
 
     def close(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
+        self.pool.close()
 
 
-def make_evaluator(bundle: ModelBundle, workers: int, address: str | None = None):
+def make_evaluator(world: WorldModel, workers: int, address: str | None = None,
+                   device: str = "cpu", envs: int = 4) -> SerialEvaluator | RayEvaluator:
     """`workers` 0: SerialEvaluator; otherwise a RayEvaluator with that many actors."""
     warn_if_address_ignored(address, workers)
     if workers == 0:
-        return SerialEvaluator(bundle)
-    return RayEvaluator(bundle, workers, address)
+        return SerialEvaluator(world, device, envs)
+    return RayEvaluator(world, workers, address, device, envs)

@@ -207,6 +207,9 @@ class Batch:
     def points(self) -> int:
         return int(self.mask.sum().item())
 
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.inputs.to(device), self.targets.to(device), self.mask.to(device))
+
 
 def pad_batch(drawings: list[np.ndarray]) -> Batch:
     """Pad to the longest drawing; every point of every drawing is a target."""

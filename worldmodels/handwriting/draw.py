@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from worldmodels import atomic
+from worldmodels.device import resolve_device
 from worldmodels.errors import UserError, require_finite
+from worldmodels.handwriting.model import sample
+from worldmodels.handwriting.train import checkpoint_path, load_checkpoint, unpack_drawings
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
            "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
@@ -118,15 +121,13 @@ def save_picture(panels: list[tuple[str, list[np.ndarray]]], path: Path, columns
 
 
 def cli_sample(args: argparse.Namespace) -> int:
-    from worldmodels.handwriting.model import sample
-    from worldmodels.handwriting.train import checkpoint_path, load_checkpoint, unpack_drawings
-
     if Path(args.out).suffix.lower() not in (".svg", ".png"):
         raise UserError(f"{args.out}: --out must end in .svg or .png")
     for b in args.bias:
         require_finite("--bias", b, at_least=0)
     require_finite("--temperature", args.temperature, above=0)
     model, payload = load_checkpoint(checkpoint_path(args.run))
+    model.to(resolve_device(args.device))
     points = args.points or model.config.typical_points
     panels = [(f"samples, bias {b:g}", sample(model, args.n, points, bias=b,
                                              temperature=args.temperature, seed=args.seed))

@@ -77,18 +77,20 @@ class HandwritingModel(nn.Module):
 @torch.no_grad()
 def sample(model: HandwritingModel, n: int, points: int, bias: float = 0.0,
            temperature: float = 1.0, seed: int = 0) -> list[np.ndarray]:
-    """`n` drawings of `points` points each, in data units (stroke-3, last point lifts the pen)."""
+    """`n` drawings of `points` points each, in data units (stroke-3, last point lifts the pen).
+    The generator lives on the model's device, so a seed's drawings differ between devices."""
     require_finite("bias", bias, at_least=0)
     require_finite("temperature", temperature, above=0)
     model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.tensor(START_TOKEN).expand(n, 1, 3).contiguous()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    x = torch.tensor(START_TOKEN, device=device).expand(n, 1, 3).contiguous()
     state = None
-    out = torch.empty(n, points, 3)
+    out = torch.empty(n, points, 3, device=device)
     for t in range(points):
         params, state = model(x, state)
         point = params.sample(tau=temperature, bias=bias, generator=generator)  # (n, 1, 3)
         out[:, t] = point[:, 0]
         x = point
     out[:, -1, 2] = 1.0  # the drawing ends: close its last stroke
-    return [denormalise(d, model.config.scale) for d in out.numpy()]
+    return [denormalise(d, model.config.scale) for d in out.cpu().numpy()]

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from worldmodels import checkpoint
 from worldmodels.atomic import writable_dir
-from worldmodels.config import warn_ignored_on_resume
+from worldmodels.device import resolve_device
 from worldmodels.errors import UserError, warn
 from worldmodels.handwriting.data import (
     DEFAULT_DATA,
@@ -71,34 +71,32 @@ def load_checkpoint(path: Path) -> tuple[HandwritingModel, dict]:
 def evaluate(model: HandwritingModel, drawings: list[np.ndarray], batch_size: int) -> float:
     """Mean NLL in nats per point over every point of `drawings`."""
     model.eval()
+    device = next(model.parameters()).device
     total, points = 0.0, 0
     with torch.no_grad():
         for batch in iter_batches(drawings, max(batch_size, 256)):  # no grads: bigger batches
-            total += model.point_nll(batch).sum().item()
+            total += model.point_nll(batch.to(device)).sum().item()
             points += batch.points
     return total / points
 
 
 def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False,
-          allow_pickle: bool = False, progress: bool = True) -> dict[str, float]:
+          allow_pickle: bool = False, progress: bool = True,
+          device: str = "cpu") -> dict[str, float]:
     """Train (or resume) the model in `run`; returns the final train and valid NLL."""
     run = writable_dir(Path(run), "--run")
     ckpt = checkpoint_path(run)
-    payload: dict = {}
-    if resume and ckpt.exists():
-        model, payload = load_checkpoint(ckpt)
-        # Set by training from the data, not by the user: never "ignored".
-        warn_ignored_on_resume("handwriting train", config, model.config,
-                               keep=("epochs", "scale_x", "scale_y", "typical_points", "data"))
+    model, payload = checkpoint.resume_or_start(ckpt, resume, load_checkpoint)
+    if model is not None:
         saved_data = Path(model.config.data) if model.config.data else DEFAULT_DATA
         if Path(data).resolve() != saved_data.resolve():
             warn(f"handwriting train --resume keeps the checkpoint's data {saved_data} "
                  f"(not {data})")
-        epochs = config.epochs
-        config = model.config  # the run's own config wins; only the epoch count may change
-        config.epochs, data = epochs, Path(config.data) if config.data else DEFAULT_DATA
-    elif ckpt.exists():
-        raise UserError(f"{ckpt} exists; pass --resume to continue it or choose another --run")
+        # scale, typical length and data are set by training from the data, not by the user.
+        config = checkpoint.resumed_config(
+            ckpt, model.config, config, stage="handwriting train",
+            keep=("epochs", "scale_x", "scale_y", "typical_points", "data"))
+        data = Path(config.data) if config.data else DEFAULT_DATA
 
     splits = load_drawings(data, allow_pickle, config.valid_fraction, config.seed)
     train_set = splits.train
@@ -117,6 +115,7 @@ def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False
     valid_set = [normalise(d, config.scale, config.clip) for d in splits.valid]
 
     examples = pack_drawings(splits.valid[:EXAMPLES])  # real drawings for `sample` to show
+    model.to(device)  # before the optimizer: its state lives where the weights do
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     if payload:
         optimizer.load_state_dict(payload["optimizer"])
@@ -136,7 +135,7 @@ def train(config: HandwritingConfig, data: Path, run: Path, resume: bool = False
                                desc=f"handwriting epoch {epoch + 1}/{config.epochs}",
                                disable=not progress, leave=False)
             for batch in bar:
-                loss = model.loss(batch)
+                loss = model.loss(batch.to(device))
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -170,7 +169,7 @@ def cli_train(args: argparse.Namespace) -> int:
         max_train_drawings=args.train_drawings, seed=args.seed,
     )
     result = train(config, args.data or DEFAULT_DATA, args.run, resume=args.resume,
-                   allow_pickle=args.allow_pickle)
+                   allow_pickle=args.allow_pickle, device=str(resolve_device(args.device)))
     print(f"handwriting: train NLL {result['train_nll']:.4f}, "
           f"valid NLL {result['valid_nll']:.4f} nats/point -> {checkpoint_path(args.run)}")
     return 0

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from worldmodels.errors import UserError
+
 LOG_SIGMA_MIN = -7.0  # sigma >= ~1e-3: far below any spread the data has, far from overflow
 RHO_MAX = 1.0 - 1e-4  # |rho| < 1 keeps log(1 - rho^2) >= ~-8.5
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -37,14 +39,28 @@ def _bounded_log_sigma(raw: Tensor) -> Tensor:
     return LOG_SIGMA_MIN + F.softplus(raw - LOG_SIGMA_MIN)
 
 
-def _sample_adjust(logit_pi: Tensor, log_sigma: Tensor, tau: float, bias: float):
+class BadTemperature(UserError, ValueError):
+    """A sampling temperature that is not finite and > 0."""
+
+
+def check_tau(tau: float) -> float:
+    """The one check of a sampling temperature (the dream's, evolve's, the sampler's)."""
     if not (tau > 0 and math.isfinite(tau)):
-        raise ValueError(f"temperature must be finite and > 0, got {tau}")
+        raise BadTemperature(f"--tau must be > 0 and finite (the sampling temperature), got {tau}")
+    return float(tau)
+
+
+def _adjust_logits(logit_pi: Tensor, tau: float, bias: float) -> Tensor:
+    """logits * (1 + bias) / tau; the identity factors are skipped (bit-identical, faster)."""
+    check_tau(tau)
     if not math.isfinite(bias):
         raise ValueError(f"bias must be finite, got {bias}")
-    logits = logit_pi * (1.0 + bias) / tau
-    log_sigma = log_sigma - bias + 0.5 * math.log(tau)
-    return logits, log_sigma
+    logits = logit_pi * (1.0 + bias) if bias != 0 else logit_pi
+    return logits / tau if tau != 1 else logits
+
+
+def _adjust_log_sigma(log_sigma: Tensor, tau: float, bias: float) -> Tensor:
+    return log_sigma - bias + 0.5 * math.log(tau)
 
 
 def pick_component(logits: Tensor, uniform: Tensor) -> Tensor:
@@ -54,7 +70,7 @@ def pick_component(logits: Tensor, uniform: Tensor) -> Tensor:
     Weights are exp(logits - max), so the largest is 1 and nothing overflows or vanishes
     wholesale (a component e^-87 below the best is never picked, as it should almost never
     be). Unnormalised: u scales by the total instead (cheaper than a softmax on CPU)."""
-    cdf = (logits - logits.amax(-1, keepdim=True)).exp().cumsum(-1)
+    cdf = (logits - logits.amax(-1, keepdim=True)).exp_().cumsum(-1)
     u = (uniform * cdf[..., -1]).unsqueeze(-1)
     return (u >= cdf[..., :-1]).sum(-1)
 
@@ -90,11 +106,11 @@ class MixtureParams:
                     bias: float = 0.0) -> Tensor:
         """The sample that the given noise makes: uniform (..., D) picks each dimension's
         component, normal (..., D) is its standard normal draw; returns (..., D)."""
-        logits, log_sigma = _sample_adjust(self.logit_pi, self.log_sigma, tau, bias)
-        k = pick_component(logits, uniform).unsqueeze(-1)
+        k = pick_component(_adjust_logits(self.logit_pi, tau, bias), uniform).unsqueeze(-1)
         mu = self.mu.gather(-1, k).squeeze(-1)
-        sigma = log_sigma.gather(-1, k).squeeze(-1).exp()
-        return mu + sigma * normal
+        # Only the picked component's sigma is adjusted: D values, not D * K.
+        sigma = _adjust_log_sigma(self.log_sigma.gather(-1, k).squeeze(-1), tau, bias).exp_()
+        return sigma.mul_(normal).add_(mu)
 
     def mean(self) -> Tensor:
         """The mixture mean per dimension: (..., D)."""
@@ -155,7 +171,8 @@ class BivariateParams:
     def sample(self, tau: float = 1.0, bias: float = 0.0,
                generator: torch.Generator | None = None) -> Tensor:
         """One stroke-3 point (dx, dy, pen) per batch element: (..., 3)."""
-        logits, log_sigma = _sample_adjust(self.logit_pi, self.log_sigma, tau, bias)
+        logits = _adjust_logits(self.logit_pi, tau, bias)
+        log_sigma = _adjust_log_sigma(self.log_sigma, tau, bias)
         uniform = torch.rand(logits.shape[:-1], generator=generator, device=logits.device,
                              dtype=logits.dtype)
         k = pick_component(logits, uniform)

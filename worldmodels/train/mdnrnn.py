@@ -36,7 +36,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from worldmodels import checkpoint
-from worldmodels.config import MDNRNNConfig, warn_ignored_on_resume
+from worldmodels.config import MDNRNNConfig
 from worldmodels.data.latents import (
     SequenceBatch,
     SequenceSampler,
@@ -45,6 +45,7 @@ from worldmodels.data.latents import (
     read_good_latents,
 )
 from worldmodels.data.rollouts import split_holdout
+from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
 from worldmodels.logger import RunLogger
 from worldmodels.models.mdnrnn import MDNRNN, DropoutMasks, LSTMState, check_dropout
@@ -94,23 +95,33 @@ def done_prior_logit(sampler: SequenceSampler) -> float:
     return math.log(rate / (1.0 - rate)) if rate < 1 else 0.0
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 class CarriedState:
     """Each lane's LSTM state and dropout masks between its windows. A window that starts an
-    episode (step 0) starts from h = 0 with fresh masks; any other continues its lane."""
+    episode (step 0) starts from h = 0 with fresh masks; any other continues its lane.
+    Masks are drawn on the CPU (the epoch's generator) and copied to M's device."""
 
     def __init__(self, model: MDNRNN, lanes: int, generator: torch.Generator):
-        hidden = model.config.hidden_size
+        hidden, self.device = model.config.hidden_size, model_device(model)
         self.model, self.generator = model, generator
-        self.h, self.c = torch.zeros(lanes, hidden), torch.zeros(lanes, hidden)
-        self.masks = model.dropout_masks(lanes, generator)
+        self.h = torch.zeros(lanes, hidden, device=self.device)
+        self.c = torch.zeros(lanes, hidden, device=self.device)
+        self.masks = self._masks(lanes)
+
+    def _masks(self, batch: int) -> DropoutMasks | None:
+        masks = self.model.dropout_masks(batch, self.generator)
+        return None if masks is None else tuple(m.to(self.device) for m in masks)
 
     def begin(self, group: WindowGroup) -> tuple[LSTMState | None, DropoutMasks | None]:
         """The state and masks the group's rows start from."""
-        fresh = self.model.dropout_masks(len(group.episode), self.generator)
+        fresh = self._masks(len(group.episode))
         if group.lane is None:  # independent windows: h = 0, a mask per window
             return None, fresh
-        lane = torch.from_numpy(group.lane)
-        new = torch.from_numpy(group.start == 0)[:, None]
+        lane = torch.from_numpy(group.lane).to(self.device)
+        new = torch.from_numpy(group.start == 0)[:, None].to(self.device)
         h = self.h[lane].masked_fill(new, 0.0)
         c = self.c[lane].masked_fill(new, 0.0)
         masks = None
@@ -123,7 +134,7 @@ class CarriedState:
 
     def end(self, group: WindowGroup, state: LSTMState) -> None:
         if group.lane is not None:
-            lane = torch.from_numpy(group.lane)
+            lane = torch.from_numpy(group.lane).to(self.device)
             self.h[lane], self.c[lane] = state[0][0].detach(), state[1][0].detach()
 
 
@@ -131,15 +142,18 @@ def step_losses(model: MDNRNN, batch: SequenceBatch, pos_weight: Tensor,
                 generator: torch.Generator, state: LSTMState | None = None,
                 masks: DropoutMasks | None = None) -> tuple[dict[str, Tensor], LSTMState]:
     """Per-step losses (B, L): z_nll (nats, summed over dims), reward_mse (squared error),
-    done_bce; and the LSTM's final state."""
-    mu, logvar = torch.from_numpy(batch.mu), torch.from_numpy(batch.logvar)
-    z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator)
-    mixture, reward, done_logit, final = model(z[:, :-1], torch.from_numpy(batch.action),
-                                               state, masks)
+    done_bce; and the LSTM's final state. The z noise is drawn on the CPU (`generator`) and
+    copied to M's device, so a seed means the same draws everywhere."""
+    device = model_device(model)
+    mu, logvar, action, reward_target, done_target = (
+        torch.from_numpy(a).to(device) for a in (batch.mu, batch.logvar, batch.action,
+                                                 batch.reward, batch.done))
+    noise = torch.randn(mu.shape, generator=generator).to(device)
+    z = mu + torch.exp(0.5 * logvar) * noise
+    mixture, reward, done_logit, final = model(z[:, :-1], action, state, masks)
     bce = F.binary_cross_entropy_with_logits(
-        done_logit, torch.from_numpy(batch.done), pos_weight=pos_weight, reduction="none")
-    return {"z_nll": mixture.nll(z[:, 1:]),
-            "reward_mse": (reward - torch.from_numpy(batch.reward)).square(),
+        done_logit, done_target, pos_weight=pos_weight, reduction="none")
+    return {"z_nll": mixture.nll(z[:, 1:]), "reward_mse": (reward - reward_target).square(),
             "done_bce": bce}, final
 
 
@@ -149,8 +163,8 @@ def batch_losses(model: MDNRNN, batch: SequenceBatch, pos_weight: Tensor,
     """Masked means over the batch (z_nll over steps with a z target, the others over steps
     inside the episode), the step counts, and the LSTM's final state."""
     per_step, final = step_losses(model, batch, pos_weight, generator, state, masks)
-    mask = torch.from_numpy(batch.mask).float()
-    z_mask = torch.from_numpy(batch.z_mask).float()
+    mask = torch.from_numpy(batch.mask).float().to(model_device(model))
+    z_mask = torch.from_numpy(batch.z_mask).float().to(mask.device)
     n, n_z = mask.sum(), z_mask.sum()
     return {"z_nll": (per_step["z_nll"] * z_mask).sum() / n_z.clamp_min(1),
             "reward_mse": (per_step["reward_mse"] * mask).sum() / n.clamp_min(1),
@@ -190,6 +204,7 @@ def evaluate(model: MDNRNN, sampler: SequenceSampler | None, config: MDNRNNConfi
         per_step, final = step_losses(model, batch, pos_weight, generator, state)
         carried.end(group, final)
         position = torch.from_numpy(batch.position)
+        per_step = {k: v.cpu() for k, v in per_step.items()}
         for suffix, lo, hi in buckets:
             where = position >= lo
             if hi is not None:
@@ -203,7 +218,7 @@ def evaluate(model: MDNRNN, sampler: SequenceSampler | None, config: MDNRNNConfi
 
 
 def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True, device: str = "cpu") -> None:
     """Train (or with `resume`, continue) M of `run` on RUN/latents (made by `encode`)."""
     check_dropout(config.dropout)
     paths = RunPaths(Path(run))
@@ -214,20 +229,11 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
     if not files:
         raise UserError(f"{paths.latents}: no encoded episodes; run `worldmodels encode` first")
     ckpt = paths.mdnrnn
-    payload: dict = {}
-    if ckpt.exists() and not resume:
-        raise UserError(f"{ckpt} exists; pass --resume to continue it or choose another --run")
-    if resume and ckpt.exists():
-        model, payload = checkpoint.load_model(ckpt, MDNRNN, MDNRNNConfig)
-        for name in FIXED_ON_RESUME:
-            trained, asked = getattr(model.config, name), getattr(config, name)
-            if trained != asked:
-                raise UserError(f"{ckpt} was trained with {name} {trained}, not {asked}; "
-                                "resume with the same setting or choose another --run")
-        warn_ignored_on_resume("train-mdnrnn", config, model.config)
-        epochs = config.epochs
-        config = model.config  # the run's own config wins; only the epoch count may change
-        config.epochs = epochs
+    model, payload = checkpoint.resume_or_start(
+        ckpt, resume, lambda p: checkpoint.load_model(p, MDNRNN, MDNRNNConfig))
+    if model is not None:
+        config = checkpoint.resumed_config(ckpt, model.config, config, FIXED_ON_RESUME,
+                                           stage="train-mdnrnn")
     else:
         torch.manual_seed(config.seed)
         model = MDNRNN(config)
@@ -244,7 +250,9 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
     if not payload:
         with torch.no_grad():
             model.done.bias.fill_(done_prior_logit(train_set))
-    pos_weight = torch.tensor(payload.get("done_pos_weight", done_pos_weight(config, train_set)))
+    pos_weight = torch.tensor(payload.get("done_pos_weight", done_pos_weight(config, train_set)),
+                              device=device)
+    model.to(device)  # before the optimizer: its state lives where the weights do
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     if payload:
         optimizer.load_state_dict(payload["optimizer"])
@@ -326,6 +334,6 @@ def cli_train_mdnrnn(args: argparse.Namespace) -> int:
         config.dropout = args.dropout
     if args.carry_state is not None:
         config.carry_state = args.carry_state
-    train_mdnrnn(args.run, config, resume=args.resume)
+    train_mdnrnn(args.run, config, resume=args.resume, device=str(resolve_device(args.device)))
     print(f"train-mdnrnn: M -> {paths.mdnrnn}")
     return 0

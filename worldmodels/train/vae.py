@@ -20,9 +20,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from worldmodels import atomic, checkpoint
-from worldmodels.config import VAEConfig, warn_ignored_on_resume
+from worldmodels.config import VAEConfig
 from worldmodels.data.frames import iter_frames_in_order, stream_frames
 from worldmodels.data.rollouts import list_episodes, split_holdout
+from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
 from worldmodels.logger import RunLogger
 from worldmodels.models.vae import ConvVAE
@@ -57,8 +58,9 @@ def evaluate(model: ConvVAE, paths: list[Path]) -> dict[str, float]:
     model.eval()
     rec = kl = 0.0
     n = 0
+    device = next(model.parameters()).device
     for frames in iter_frames_in_order(paths, EVAL_BATCH):
-        x = model.to_input(torch.from_numpy(frames))
+        x = model.to_input(torch.from_numpy(frames).to(device))
         mu, logvar = model.encode(x)
         rec += (model.decode(mu) - x).square().flatten(1).sum(-1).sum().item()
         kl += (-0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(-1)).sum().item()
@@ -72,8 +74,8 @@ def evaluate(model: ConvVAE, paths: list[Path]) -> dict[str, float]:
 def save_reconstructions(model: ConvVAE, frames: np.ndarray, path: Path) -> None:
     """One PNG: the frames in the top row, their reconstructions (from mu) below."""
     model.eval()
-    mu, _ = model.encode(torch.from_numpy(frames))
-    recon = (model.decode(mu).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    mu, _ = model.encode(torch.from_numpy(frames).to(next(model.parameters()).device))
+    recon = (model.decode(mu).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
     grid = np.concatenate([np.concatenate(list(frames), 1), np.concatenate(list(recon), 1)], 0)
     with atomic.replacing(path) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
@@ -88,23 +90,19 @@ def _preview_frames(paths: list[Path]) -> np.ndarray:
 
 
 def train_vae(data: Path, run: Path, config: VAEConfig, resume: bool = False,
-              progress: bool = True) -> None:
+              progress: bool = True, device: str = "cpu") -> None:
     """Train (or with `resume`, continue) V of `run` on the episodes in `data`."""
     data, paths = Path(data), RunPaths(Path(run))
     paths.writable()
     ckpt = paths.vae
-    payload: dict = {}
-    if ckpt.exists() and not resume:
-        raise UserError(f"{ckpt} exists; pass --resume to continue it or choose another --run")
-    if resume and ckpt.exists():
-        model, payload = checkpoint.load_model(ckpt, ConvVAE, VAEConfig)
-        warn_ignored_on_resume("train-vae", config, model.config)
-        epochs = config.epochs
-        config = model.config  # the run's own config wins; only the epoch count may change
-        config.epochs = epochs
+    model, payload = checkpoint.resume_or_start(
+        ckpt, resume, lambda p: checkpoint.load_model(p, ConvVAE, VAEConfig))
+    if model is not None:
+        config = checkpoint.resumed_config(ckpt, model.config, config, stage="train-vae")
     else:
         torch.manual_seed(config.seed)
         model = ConvVAE(config)
+    model.to(device)  # before the optimizer: its state lives where the weights do
 
     train_paths, valid_paths = split_holdout(episode_files(data), config.holdout_episodes)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -129,7 +127,7 @@ def train_vae(data: Path, run: Path, config: VAEConfig, resume: bool = False,
             bar = progress_bar(batches, desc=f"train-vae epoch {epoch + 1}/{config.epochs}",
                                unit="batch", disable=not progress, leave=False)
             for frames in bar:
-                loss, rec, kl = model.loss(torch.from_numpy(frames))
+                loss, rec, kl = model.loss(torch.from_numpy(frames).to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -171,6 +169,7 @@ def cli_train_vae(args: argparse.Namespace) -> int:
         config.epochs = args.epochs
     if args.batch_size is not None:
         config.batch_size = args.batch_size
-    train_vae(args.data, args.run, config, resume=args.resume)
+    train_vae(args.data, args.run, config, resume=args.resume,
+              device=str(resolve_device(args.device)))
     print(f"train-vae: V -> {paths.vae}")
     return 0
