@@ -10,19 +10,19 @@ from gymnasium.utils.env_checker import check_env
 
 from worldmodels.env.dream import BatchedDream, DreamEnv
 from worldmodels.errors import UserError
-from worldmodels.models.controller import Controller, param_count
+from worldmodels.models.controller import Controllers, param_count
 
 STARTS = (torch.randn(4, Z, generator=torch.Generator().manual_seed(0)),
           torch.full((4, Z), -2.0))
 
 
 def _single_returns(env: DreamEnv, params: np.ndarray, seed: int) -> tuple[float, int]:
-    controller = Controller(params, Z, HIDDEN)
+    controller = Controllers(params, Z, HIDDEN)
     obs, _ = env.reset(seed=seed)
     total, steps = 0.0, 0
     while True:
         x = torch.from_numpy(obs)[None]
-        action = controller.act(x[:, :Z], x[:, Z:])[0].numpy()
+        action = controller.act(x)[0].numpy()
         obs, reward, terminated, truncated, _ = env.step(action)
         total, steps = total + reward, steps + 1
         if terminated or truncated:
