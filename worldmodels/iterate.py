@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +39,7 @@ from worldmodels.config import IterateConfig, from_dict, load_json, save_json
 from worldmodels.data.rollouts import encode_episode, episode_path, list_episodes
 from worldmodels.device import resolve_device
 from worldmodels.env.carracing import make_env
-from worldmodels.errors import UserError
+from worldmodels.errors import UserError, require_finite
 from worldmodels.evolve.cmaes import evolve, load_state, save_state
 from worldmodels.logger import RunLogger, read_csv
 from worldmodels.npfiles import read_npz
@@ -65,8 +63,7 @@ def check(config: IterateConfig) -> None:
     if config.iterations < 0 or config.episodes < 1:
         raise UserError(f"iterate needs iterations >= 0 and episodes >= 1, got "
                         f"{config.iterations} and {config.episodes}")
-    if not (config.noise >= 0 and math.isfinite(config.noise)):
-        raise UserError(f"--noise must be finite and >= 0, got {config.noise}")
+    require_finite("--noise", config.noise, at_least=0)
     if not 0 <= config.noisy_fraction <= 1:
         raise UserError(f"iterate.noisy_fraction must be in [0, 1], got {config.noisy_fraction}")
 
@@ -149,10 +146,10 @@ def _steps(path: Path) -> int:
 
 
 def snapshot(paths: RunPaths, iteration: int, real: float) -> None:
+    """Copy the agent's files atomically; agent.json, written last, marks a whole snapshot."""
     out = paths.root / "iterations" / f"{iteration:02d}"
-    out.mkdir(parents=True, exist_ok=True)
     for name in FILES:
-        shutil.copy2(paths.root / name, out / name)
+        write_bytes(out / name, (paths.root / name).read_bytes())
     save_json({"iteration": iteration, "real_check": real}, out / "agent.json")
 
 
@@ -182,9 +179,10 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
     state_path = paths.root / "iterate.json"
     state = from_dict(IterateState, load_json(state_path)) if state_path.exists() \
         else IterateState()
-    if not (paths.root / "iterations" / "00").exists():
+    if not (paths.root / "iterations" / "00" / "agent.json").exists():
         snapshot(paths, 0, load_state(paths.es_state).selected_real)
-    logger = RunLogger(paths.logs, "iterate")
+    # A kill between an iteration's row and iterate.json redoes nothing but drops the row.
+    logger = RunLogger(paths.logs, "iterate", keep_through=state.completed)
     try:
         for it in range(state.completed + 1, config.iterations + 1):
             t0 = time.perf_counter()
@@ -220,12 +218,12 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
         logger.close()
     best, real = best_snapshot(paths)
     for name in FILES:  # the agent with the best real check is the run's agent
-        chosen = paths.root / "iterations" / f"{best:02d}" / name
-        if chosen.read_bytes() != (paths.root / name).read_bytes():
-            shutil.copy2(chosen, paths.root / name)
+        chosen = (paths.root / "iterations" / f"{best:02d}" / name).read_bytes()
+        if chosen != (paths.root / name).read_bytes():
+            write_bytes(paths.root / name, chosen)
     if progress:
-        print(f"iterate: the agent of iteration {best} (real check {real:.1f}) is the "
-                   f"run's agent")
+        print(f"iterate: the agent of iteration {best} (real check {real:.1f}) is the run's "
+              "agent")
     return read_csv(paths.logs / "iterate.csv") if (paths.logs / "iterate.csv").exists() else []
 
 
