@@ -30,12 +30,15 @@ from worldmodels.config import MDNRNNConfig, VAEConfig, from_dict
 from worldmodels.data.latents import list_latents, read_latents
 from worldmodels.data.policies import RandomPolicy
 from worldmodels.data.rollouts import Episode
+from worldmodels.env.carracing import CARRACING
+from worldmodels.env.game import ActionSpace, Game
+from worldmodels.env.games import get_game
 from worldmodels.errors import UserError
-from worldmodels.models.controller import ACTION_HIGH, ACTION_LOW, Controllers, param_count
+from worldmodels.models.controller import Controllers, param_count
 from worldmodels.models.mdnrnn import MDNRNN, LSTMState
 from worldmodels.models.vae import ConvVAE
 from worldmodels.npfiles import read_npy
-from worldmodels.run import RunPaths
+from worldmodels.run import RunPaths, load_run_config
 
 MAX_STARTS = 1000  # dream starts kept: first frames of this many encoded episodes
 
@@ -88,8 +91,9 @@ def load_controller(paths: RunPaths) -> np.ndarray:
 # ---------------------------------------------------------------------------- world model
 @dataclass
 class WorldModel:
-    """V, M and the dream starts of a run as plain picklable CPU data (shipped to Ray actors
-    once); `vae(device)` and `mdnrnn(device)` build the networks where they will run."""
+    """V, M and the dream starts of a run, and the name of its game, as plain picklable CPU
+    data (shipped to Ray actors once); `vae(device)` and `mdnrnn(device)` build the networks
+    where they will run."""
 
     mdnrnn_config: dict
     mdnrnn_state: dict
@@ -97,6 +101,7 @@ class WorldModel:
     vae_state: dict | None
     start_mu: Tensor  # (N, Z): V's posterior of real episodes' first frames
     start_logvar: Tensor
+    env: str = CARRACING.name  # the game (`--env`) the run learns
 
     @classmethod
     def from_run(cls, run: Path, with_vae: bool = True) -> WorldModel:
@@ -104,6 +109,11 @@ class WorldModel:
         paths.require(paths.vae, "train-vae")
         paths.require(paths.mdnrnn, "train-mdnrnn")
         mdnrnn, _ = checkpoint.load_model(paths.mdnrnn, MDNRNN, MDNRNNConfig)
+        game = get_game(load_run_config(paths).env if paths.config.exists() else CARRACING.name)
+        if mdnrnn.config.action_size != game.actions.size:
+            raise UserError(f"{paths.mdnrnn}: M was trained on {mdnrnn.config.action_size} "
+                            f"actions but the run's --env {game.name} has {game.actions.size}; "
+                            "a run holds one game")
         vae_config = vae_state = None
         if with_vae:
             vae, _ = checkpoint.load_model(paths.vae, ConvVAE, VAEConfig)
@@ -116,7 +126,8 @@ class WorldModel:
         if mu.shape[1] != mdnrnn.config.z_size:
             raise UserError(f"{paths.dream_starts}: z size {mu.shape[1]} but M has "
                             f"{mdnrnn.config.z_size}")
-        return cls(asdict(mdnrnn.config), mdnrnn.state_dict(), vae_config, vae_state, mu, logvar)
+        return cls(asdict(mdnrnn.config), mdnrnn.state_dict(), vae_config, vae_state, mu, logvar,
+                   game.name)
 
     def mdnrnn(self, device: torch.device | str = "cpu") -> MDNRNN:
         model = MDNRNN(from_dict(MDNRNNConfig, self.mdnrnn_config))
@@ -142,11 +153,15 @@ class WorldModel:
         return int(self.mdnrnn_config["hidden_size"])
 
     @property
+    def game(self) -> Game:
+        return get_game(self.env)
+
+    @property
     def param_count(self) -> int:
-        return param_count(self.z_size, self.hidden_size)
+        return param_count(self.z_size, self.hidden_size, self.game.actions.size)
 
     def controllers(self, params: np.ndarray, device: torch.device | str = "cpu") -> Controllers:
-        return Controllers(params, self.z_size, self.hidden_size, device)
+        return Controllers(params, self.z_size, self.hidden_size, device, self.game.actions)
 
 
 @contextlib.contextmanager
@@ -165,8 +180,10 @@ def one_thread(device: torch.device):
 class Agent:
     """V and M on one device: the agent's batched step on real frames."""
 
-    def __init__(self, vae: ConvVAE, mdnrnn: MDNRNN, device: torch.device | str = "cpu"):
+    def __init__(self, vae: ConvVAE, mdnrnn: MDNRNN, device: torch.device | str = "cpu",
+                 actions: ActionSpace = CARRACING.actions):
         self.device = torch.device(device)
+        self.actions = actions
         # Frames arrive as (B, H, W, C): channels-last conv weights skip a layout reorder per
         # batch (~20% of V's time on CPU).
         self.vae = vae.to(self.device, memory_format=torch.channels_last).eval()
@@ -175,7 +192,7 @@ class Agent:
 
     @classmethod
     def from_world(cls, world: WorldModel, device: torch.device | str = "cpu") -> Agent:
-        return cls(world.vae(device), world.mdnrnn(device), device)
+        return cls(world.vae(device), world.mdnrnn(device), device, world.game.actions)
 
     def initial_state(self, batch: int) -> LSTMState:
         return self.mdnrnn.initial_state(batch, self.device)
@@ -184,14 +201,15 @@ class Agent:
     def step(self, frames: np.ndarray, z_noise: Tensor, controllers: Controllers,
              rows: Tensor, state: LSTMState,
              action_noise: Tensor | None = None) -> tuple[Tensor, LSTMState]:
-        """Frames (B, 64, 64, 3) uint8 and standard normals (B, Z) -> C's actions (B, 3),
-        plus `action_noise` (B, 3) clipped to the bounds, and M's next state. Frame i is
+        """Frames (B, 64, 64, 3) uint8 and standard normals (B, Z) -> C's actions (B, A),
+        plus `action_noise` (B, A) clipped to the bounds, and M's next state. Frame i is
         driven by controller rows[i]."""
         mu, logvar = self.vae.encode(torch.from_numpy(frames).to(self.device))
         z = mu + torch.exp(0.5 * logvar) * z_noise.to(self.device)
         action = controllers.act(torch.cat([z, state[0]], 1), rows)
         if action_noise is not None:
-            low, high = (torch.from_numpy(b).to(self.device) for b in (ACTION_LOW, ACTION_HIGH))
+            low, high = (torch.from_numpy(b).to(self.device)
+                         for b in (self.actions.low, self.actions.high))
             action = torch.clamp(action + action_noise.to(self.device), low, high)
         return action, self.mdnrnn.step(z, action, state)
 
@@ -239,10 +257,12 @@ class _Running:
 def run_episodes(envs: Sequence[gym.Env], seeds: Sequence[int], max_steps: int,
                  agent: Agent | None = None, controllers: Controllers | None = None,
                  rows: Sequence[int] | None = None, action_noise: float = 0.0,
-                 record: bool = False) -> list[EpisodeResult]:
+                 record: bool = False, actions: ActionSpace | None = None
+                 ) -> list[EpisodeResult]:
     """Episode i (seed seeds[i]) driven by controller rows[i] (default i, or the only one)
     through `agent`, or with uniform random actions when `controllers` is None (V and M are
-    not run). The envs (from make_env) are stepped together, one episode each at a time.
+    not run; `actions`, default the agent's or CarRacing's, bounds them). The envs (from the
+    game's make_env) are stepped together, one episode each at a time.
 
     `action_noise` > 0 adds N(0, action_noise) to C's actions (clipped to the bounds): the
     exploration of iterative training. `record` keeps each episode's frames, actions,
@@ -252,13 +272,16 @@ def run_episodes(envs: Sequence[gym.Env], seeds: Sequence[int], max_steps: int,
     if rows is None and controllers is not None:
         rows = range(len(seeds)) if len(controllers) > 1 else [0] * len(seeds)
     device = agent.device if agent is not None else torch.device("cpu")
+    if actions is None:
+        actions = agent.actions if agent is not None else CARRACING.actions
     with one_thread(device), torch.inference_mode():
-        return _run(envs, seeds, max_steps, agent, controllers, rows, action_noise, record)
+        return _run(envs, seeds, max_steps, agent, controllers, rows, action_noise, record,
+                    action_space=actions)
 
 
 def _run(envs: Sequence[gym.Env], seeds: Sequence[int], max_steps: int, agent: Agent | None,
          controllers: Controllers | None, rows: Sequence[int] | None, action_noise: float,
-         record: bool) -> list[EpisodeResult]:
+         record: bool, action_space: ActionSpace) -> list[EpisodeResult]:
     queue = deque(range(len(seeds)))
     slots: list[_Running | None] = [None] * len(envs)
     results: list[EpisodeResult | None] = [None] * len(seeds)
@@ -274,7 +297,7 @@ def _run(envs: Sequence[gym.Env], seeds: Sequence[int], max_steps: int, agent: A
         rng = np.random.default_rng(seed)
         slots[slot] = _Running(
             i, seed, obs, torch.Generator().manual_seed(seed), rng,
-            RandomPolicy(seed) if controllers is None else None,
+            RandomPolicy(seed, action_space) if controllers is None else None,
             record={"obs": [], "action": [], "reward": []} if record else None)
         if state is not None:
             state[0][slot] = 0.0
@@ -306,7 +329,7 @@ def _actions(running: list[_Running], live: list[int], agent: Agent | None,
     z_noise = torch.stack([torch.randn(agent.z_size, generator=run.z_rng) for run in running])
     noise = None
     if action_noise > 0:
-        noise = torch.from_numpy(np.stack([run.rng.normal(0.0, action_noise, 3)
+        noise = torch.from_numpy(np.stack([run.rng.normal(0.0, action_noise, agent.actions.size)
                                            for run in running]).astype(np.float32))
     index = torch.tensor(live, device=agent.device)
     row_index = torch.tensor([rows[run.index] for run in running], device=agent.device)

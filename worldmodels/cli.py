@@ -11,8 +11,10 @@ import importlib
 import sys
 from pathlib import Path
 
-from worldmodels.config import CollectConfig
+from worldmodels.config import PRESETS, CollectConfig
 from worldmodels.device import DEVICE_HELP
+from worldmodels.env.games import DEFAULT as DEFAULT_ENV
+from worldmodels.env.games import GAMES
 from worldmodels.errors import UserError, require_finite
 from worldmodels.handwriting.model import HandwritingConfig
 
@@ -49,11 +51,18 @@ def _non_negative_float(text: str) -> float:
 
 
 DESCRIPTION = """\
-World Models (Ha & Schmidhuber 2018) on gymnasium's CarRacing-v3: collect episodes, train V
-(a convolutional VAE) and M (an MDN-RNN), evolve the controller C with CMA-ES inside M's
-dream, and score it in the real game. `worldmodels pipeline --preset tiny --run runs/tiny`
-runs every stage; `worldmodels handwriting` trains a Graves-style handwriting model on the
-same mixture-density core. Each command's --help lists its options."""
+World Models (Ha & Schmidhuber 2018) on gymnasium's CarRacing-v3 (or VizDoom's Take Cover,
+--env doom-takecover): collect episodes, train V (a convolutional VAE) and M (an MDN-RNN),
+evolve the controller C with CMA-ES inside M's dream, and score it in the real game.
+`worldmodels pipeline --preset tiny --run runs/tiny` runs every stage; `worldmodels
+handwriting` trains a Graves-style handwriting model on the same mixture-density core.
+Each command's --help lists its options."""
+
+
+def _env(p: argparse.ArgumentParser, default: str | None = DEFAULT_ENV, more_help: str = ""
+         ) -> None:
+    p.add_argument("--env", choices=list(GAMES), default=default,
+                   help=f"the game (default {default or DEFAULT_ENV}){more_help}")
 
 
 def _device(p: argparse.ArgumentParser) -> None:
@@ -65,11 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("collect", help="collect CarRacing episodes on Ray workers")
+    p = sub.add_parser("collect", help="collect episodes of a game on Ray workers")
     p.add_argument("--out", type=Path, required=True, help="directory for episode files")
     p.add_argument("--episodes", type=_positive, required=True)
-    p.add_argument("--max-steps", type=_positive, default=CollectConfig.max_steps)
-    p.add_argument("--policy", choices=["random", "brownian"], default=CollectConfig.policy)
+    _env(p)
+    p.add_argument("--max-steps", type=_positive, default=None,
+                   help="default: the game's own limit (CarRacing 1000, Take Cover 2100)")
+    p.add_argument("--policy", default=None,
+                   help="data policy: CarRacing brownian (default) or random; Take Cover random")
     p.add_argument("--workers", type=_non_negative, default=CollectConfig.workers,
                    help="0: in-process, no Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
@@ -122,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, default=None, help="default: the run's config")
     p.add_argument("--batch-size", type=_positive, default=None)
     p.add_argument("--resume", action="store_true", help="continue the V checkpoint in --run")
+    _env(p, None, "; a new run gets its game's default preset, an existing run keeps its own")
     _device(p)
     p.set_defaults(handler="worldmodels.train.vae:cli_train_vae")
 
@@ -162,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _device(p)
     p.set_defaults(handler="worldmodels.evolve.cmaes:cli_evolve")
 
-    p = sub.add_parser("evaluate", help="score the run's agent in the real CarRacing-v3")
+    p = sub.add_parser("evaluate", help="score the run's agent in the real game")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--episodes", type=_positive, default=None)
     p.add_argument("--seed", type=_non_negative, default=None, help="episode i uses seed + i")
@@ -202,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="worldmodels.iterate:cli_iterate")
 
     p = sub.add_parser("pipeline", help="every stage in order, skipping finished ones")
-    p.add_argument("--preset", choices=["tiny", "small", "paper"], required=True)
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="sizes of every stage (default: small, or doom-small with --env "
+                        "doom-takecover)")
+    _env(p, None, "; default: the preset's")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--data", type=Path, default=None, help="episode directory (default RUN/data)")
     p.add_argument("--workers", type=_non_negative, default=None,

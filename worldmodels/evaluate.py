@@ -1,4 +1,5 @@
-"""Score a run's agent (V + M + C) in the real CarRacing-v3, or the random-policy baseline.
+"""Score a run's agent (V + M + C) in the real game (the run's `env`), or the random-policy
+baseline.
 
 Each step: V encodes the frame to (mu, logvar), z is sampled from them, C acts on [z, h],
 the env steps, and M updates h with (z, action) (`worldmodels.agent`); each worker steps
@@ -21,7 +22,6 @@ from worldmodels import atomic
 from worldmodels.agent import Agent, WorldModel, load_controller, run_episodes
 from worldmodels.config import EvaluateConfig, save_json
 from worldmodels.device import resolve_device
-from worldmodels.env.carracing import make_env
 from worldmodels.errors import UserError
 from worldmodels.evolve.workers import make_evaluator
 from worldmodels.progress import progress_bar
@@ -112,12 +112,12 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
 
 
 def record_real_video(run: Path, out: Path, params: np.ndarray | None, seed: int,
-                      max_steps: int, device: str = "cpu", fps: int = 50) -> Path:
+                      max_steps: int, device: str = "cpu") -> Path:
     """One real episode: the real 64x64 frame beside V's reconstruction, as mp4 or gif."""
     world = WorldModel.from_run(Path(run))
     agent = Agent.from_world(world, device)
     controllers = None if params is None else world.controllers(params, agent.device)
-    env = make_env(max_steps=max_steps)
+    env = world.game.make_env(max_steps=max_steps)
     try:
         [result] = run_episodes([env], [seed], max_steps, agent, controllers, record=True)
     finally:
@@ -125,7 +125,7 @@ def record_real_video(run: Path, out: Path, params: np.ndarray | None, seed: int
     frames = result.episode.obs
     recons = agent.reconstruct(frames)
     return write_video(out, [side_by_side(f, r) for f, r in zip(frames, recons, strict=True)],
-                       fps=fps)
+                       fps=world.game.fps)
 
 
 def cli_evaluate(args: argparse.Namespace) -> int:

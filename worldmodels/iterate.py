@@ -38,7 +38,6 @@ from worldmodels.atomic import write_bytes
 from worldmodels.config import IterateConfig, from_dict, load_json, save_json
 from worldmodels.data.rollouts import encode_episode, episode_path, list_episodes
 from worldmodels.device import resolve_device
-from worldmodels.env.carracing import make_env
 from worldmodels.errors import UserError, require_finite
 from worldmodels.evolve.cmaes import evolve, load_state, save_state
 from worldmodels.logger import RunLogger, read_csv
@@ -83,7 +82,7 @@ def exploring_params(params: np.ndarray, plan: list[tuple[int, float]]) -> np.nd
 
 
 class AgentPlayer:
-    """Holds V, M and `envs` CarRacing envs; plays episodes of the agent in batches and
+    """Holds V, M and `envs` envs of the game; plays episodes of the agent in batches and
     returns them compressed (workers compress; the driver only writes)."""
 
     def __init__(self, world: WorldModel, max_steps: int, envs: int, device: str = "cpu",
@@ -92,7 +91,7 @@ class AgentPlayer:
             torch.set_num_threads(threads)
         self.world, self.max_steps = world, max_steps
         self.agent = Agent.from_world(world, device)
-        self.envs = [make_env(max_steps=max_steps) for _ in range(envs)]
+        self.envs = [world.game.make_env(max_steps=max_steps) for _ in range(envs)]
 
     def play(self, params: np.ndarray, seeds: list[int], labels: list[str]):
         controllers = self.world.controllers(params, self.agent.device)

@@ -16,9 +16,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from worldmodels.agent import WorldModel, load_controller
-from worldmodels.config import PipelineConfig, load_json, preset, with_seed
+from worldmodels.config import PipelineConfig, load_json, preset, preset_for, with_seed
 from worldmodels.data.collect import collect
 from worldmodels.device import resolve_device
+from worldmodels.env.games import get_game
 from worldmodels.errors import UserError
 from worldmodels.evaluate import evaluate, record_real_video
 from worldmodels.evolve.cmaes import evolve
@@ -74,8 +75,10 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
         config.iterate.workers = workers
     start = time.perf_counter()
 
-    _say(progress, f"collect {config.collect.episodes} episodes -> {data}")
-    episodes = collect(data, config.collect, address=address, progress=progress)
+    game = get_game(config.env)
+    _say(progress, f"collect {config.collect.episodes} episodes of {game.title} -> {data}")
+    episodes = collect(data, config.collect, address=address, progress=progress,
+                       env=game.name)
 
     _say(progress, "train-vae")
     train_vae(data, paths.root, config.vae, resume=True, progress=progress, device=device)
@@ -124,14 +127,14 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     if not dream_video.exists():
         _say(progress, f"dream video -> {dream_video}")
         write_video(dream_video, dream_frames(paths.root, steps=config.evolve.max_steps,
-                                              device=device))
+                                              device=device), fps=game.fps)
     if not real_video.exists():
         _say(progress, f"real video -> {real_video}")
         record_real_video(paths.root, real_video, load_controller(paths), config.evaluate.seed,
                           config.evaluate.max_steps, device)
 
     agent, baseline = results["controller"], results["random"]
-    _say(progress, f"done in {time.perf_counter() - start:.0f} s. Real CarRacing over "
+    _say(progress, f"done in {time.perf_counter() - start:.0f} s. Real {game.title} over "
                    f"{agent['episodes']} episodes: agent {agent['mean']:.1f} +- "
                    f"{agent['std']:.1f}, random policy {baseline['mean']:.1f} +- "
                    f"{baseline['std']:.1f}")
@@ -139,7 +142,8 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
 
 
 def cli_pipeline(args: argparse.Namespace) -> int:
-    results = pipeline(args.run, args.preset, args.data, args.workers, args.address,
+    results = pipeline(args.run, preset_for(args.preset, args.env), args.data, args.workers,
+                       args.address,
                        device=str(resolve_device(args.device)), seed=args.seed)
     agent, baseline = results["controller"], results["random"]
     print(f"pipeline: agent {agent['mean']:.1f} +- {agent['std']:.1f}, random "

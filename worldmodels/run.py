@@ -7,6 +7,7 @@ from pathlib import Path
 
 from worldmodels.atomic import writable_dir
 from worldmodels.config import PipelineConfig, from_dict, load_json, save_json
+from worldmodels.env.games import GAMES
 from worldmodels.errors import UserError
 
 
@@ -71,7 +72,11 @@ class RunPaths:
 def load_run_config(paths: RunPaths, default: PipelineConfig | None = None) -> PipelineConfig:
     """The run's saved config; if there is none yet, `default` (saved) or the `small` preset."""
     if paths.config.exists():
-        return from_dict(PipelineConfig, load_json(paths.config), str(paths.config))
+        config = from_dict(PipelineConfig, load_json(paths.config), str(paths.config))
+        if config.env not in GAMES:
+            raise UserError(f"{paths.config}: unknown env {config.env!r}; choose one of "
+                            f"{', '.join(GAMES)}")
+        return config
     config = default or PipelineConfig()
     paths.writable()
     save_json(config, paths.config)

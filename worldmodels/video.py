@@ -62,7 +62,8 @@ def dream_frames(run: Path, steps: int = 300, seed: int = 0, tau: float | None =
     require_finite("--tau", tau, above=0)
     world = WorldModel.from_run(paths.root)
     params = load_controller(paths) if params is None else params
-    dream = BatchedDream(world.mdnrnn(device), world.starts(), tau, steps, device)
+    dream = BatchedDream(world.mdnrnn(device), world.starts(), tau, steps, device,
+                         world.game.actions)
     controllers = world.controllers(params, dream.device)
     with torch.inference_mode():
         dream.reset([seed])

@@ -1,4 +1,5 @@
-"""Collect CarRacing episodes in-process or on Ray workers, one atomic `.npz` per episode.
+"""Collect episodes of a game (CarRacing by default) in-process or on Ray workers, one atomic
+`.npz` per episode.
 
 Episode i of a collection uses seed `seed + i` for the track and for the policy, and is
 stored as `episode_<seed>.npz`. A rerun into the same directory fills in the missing seeds
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from worldmodels.atomic import writable_dir, write_bytes
 from worldmodels.config import CollectConfig
-from worldmodels.data.policies import POLICIES, make_policy
+from worldmodels.data.policies import check_policy, make_policy
 from worldmodels.data.rollouts import (
     Episode,
     encode_episode,
@@ -26,20 +27,23 @@ from worldmodels.data.rollouts import (
     validate_dir,
     write_episode,
 )
-from worldmodels.env.carracing import make_env
+from worldmodels.env.carracing import CARRACING
+from worldmodels.env.game import Game
+from worldmodels.env.games import get_game
 from worldmodels.errors import UserError
 from worldmodels.progress import progress_bar
 from worldmodels.ray_session import ActorPool, ensure_ray, warn_if_address_ignored
 
 
-def run_episode(env, policy_name: str, seed: int) -> Episode:
-    """Drive `env` (a make_env() env) with the seeded policy until it ends; `obs[t]` is the
-    frame the action `action[t]` was chosen on.
+def run_episode(env, policy_name: str, seed: int, game: Game = CARRACING) -> Episode:
+    """Play `env` (the game's make_env() env) with the seeded policy until it ends; `obs[t]`
+    is the frame the action `action[t]` was chosen on.
 
-    `done` marks a terminal step only (the car left the playfield or finished the lap): an
-    episode cut off by the time limit has none, since nothing in the frames announces a
-    time limit, and M's done head, trained on it, would end dreams at random."""
-    policy = make_policy(policy_name, seed)
+    `done` marks a terminal step only (CarRacing: the car left the playfield or finished the
+    lap; Take Cover: death): an episode cut off by the time limit has none, since nothing in
+    the frames announces a time limit, and M's done head, trained on it, would end dreams at
+    random."""
+    policy = make_policy(policy_name, seed, game)
     obs, _ = env.reset(seed=seed)
     frames, actions, rewards = [], [], []
     terminated = truncated = False
@@ -60,12 +64,13 @@ def run_episode(env, policy_name: str, seed: int) -> Episode:
 class EpisodeWorker:
     """Holds one env for its lifetime; returns each episode as compressed npz bytes."""
 
-    def __init__(self, max_steps: int, policy: str):
-        self.env = make_env(max_steps=max_steps)
+    def __init__(self, max_steps: int, policy: str, env: str = CARRACING.name):
+        self.game = get_game(env)
+        self.env = self.game.make_env(max_steps=max_steps)
         self.policy = policy
 
     def run(self, seed: int) -> tuple[int, bytes, int]:
-        episode = run_episode(self.env, self.policy, seed)
+        episode = run_episode(self.env, self.policy, seed, self.game)
         return seed, encode_episode(episode), len(episode)
 
 
@@ -76,12 +81,18 @@ def prepare_out_dir(out: Path) -> None:
 
 
 def collect(
-    out: Path, config: CollectConfig, address: str | None = None, progress: bool = True
+    out: Path, config: CollectConfig, address: str | None = None, progress: bool = True,
+    env: str = CARRACING.name,
 ) -> list[Path]:
-    """Collect the episodes of `config` into `out`; returns the paths of all its seeds."""
+    """Collect the episodes of `config` in game `env` into `out`; returns the paths of all
+    its seeds."""
     out = Path(out)
-    if config.policy not in POLICIES:
-        raise UserError(f"unknown policy {config.policy!r}; choose one of {', '.join(POLICIES)}")
+    game = get_game(env)
+    game.require()
+    try:
+        check_policy(config.policy, game)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if config.episodes < 0 or config.max_steps <= 0 or config.workers < 0 or config.seed < 0:
         raise UserError(f"bad collect config {config}")
     prepare_out_dir(out)
@@ -93,12 +104,13 @@ def collect(
         return paths
     if config.workers > 0:
         ensure_ray(address, config.workers)  # before the bar: a bad address is one clean line
-    bar = progress_bar(total=len(missing), unit="ep", desc="collect", disable=not progress)
+    bar = progress_bar(total=len(missing), unit="ep", desc=f"collect ({game.title})",
+                       disable=not progress)
     try:
         if config.workers == 0:
-            _collect_serial(out, config, missing, bar)
+            _collect_serial(out, config, missing, bar, game)
         else:
-            _collect_ray(out, config, missing, bar)
+            _collect_ray(out, config, missing, bar, game)
     finally:
         bar.close()
     return paths
@@ -109,12 +121,13 @@ def _update_bar(bar: tqdm, frames: int, start: float) -> None:
     bar.set_postfix(frames_per_s=f"{frames / max(time.perf_counter() - start, 1e-9):.0f}")
 
 
-def _collect_serial(out: Path, config: CollectConfig, seeds: list[int], bar: tqdm) -> None:
-    env = make_env(max_steps=config.max_steps)
+def _collect_serial(out: Path, config: CollectConfig, seeds: list[int], bar: tqdm,
+                    game: Game) -> None:
+    env = game.make_env(max_steps=config.max_steps)
     start, frames = time.perf_counter(), 0
     try:
         for seed in seeds:
-            episode = run_episode(env, config.policy, seed)
+            episode = run_episode(env, config.policy, seed, game)
             write_episode(episode_path(out, seed), episode)
             frames += len(episode)
             _update_bar(bar, frames, start)
@@ -122,8 +135,9 @@ def _collect_serial(out: Path, config: CollectConfig, seeds: list[int], bar: tqd
         env.close()
 
 
-def _collect_ray(out: Path, config: CollectConfig, seeds: list[int], bar: tqdm) -> None:
-    pool = ActorPool(EpisodeWorker, (config.max_steps, config.policy),
+def _collect_ray(out: Path, config: CollectConfig, seeds: list[int], bar: tqdm,
+                 game: Game) -> None:
+    pool = ActorPool(EpisodeWorker, (config.max_steps, config.policy, game.name),
                      min(config.workers, len(seeds)))
     start, frames = time.perf_counter(), 0
     try:
@@ -136,11 +150,12 @@ def _collect_ray(out: Path, config: CollectConfig, seeds: list[int], bar: tqdm) 
 
 
 def cli_collect(args: argparse.Namespace) -> int:
+    game = get_game(args.env)
     config = CollectConfig(
-        episodes=args.episodes, max_steps=args.max_steps, policy=args.policy,
-        seed=args.seed, workers=args.workers,
+        episodes=args.episodes, max_steps=args.max_steps or game.max_steps,
+        policy=args.policy or game.policies[0], seed=args.seed, workers=args.workers,
     )
-    paths = collect(args.out, config, address=args.address)
+    paths = collect(args.out, config, address=args.address, env=game.name)
     print(f"{len(paths)} episodes in {args.out}")
     return 0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from worldmodels.atomic import write_bytes
-from worldmodels.data.rollouts import ACTION_SIZE, EPISODE_GLOB
+from worldmodels.data.rollouts import EPISODE_GLOB, action_size
 from worldmodels.errors import UserError
 from worldmodels.npfiles import read_npz
 
@@ -43,12 +43,12 @@ class BadLatentsError(UserError):
 
 def check_latents(latents: Latents, where: Path | str) -> None:
     if np.ndim(latents.action) == 0:  # len() of a 0-d array would raise TypeError
-        raise BadLatentsError(f"{where}: action is a scalar, expected shape (T, {ACTION_SIZE})")
+        raise BadLatentsError(f"{where}: action is a scalar, expected shape (T, A)")
     t = len(latents.action)
     z = latents.mu.shape[-1] if latents.mu.ndim == 2 else -1
     expected = {
         "mu": ((t, z), np.float16), "logvar": ((t, z), np.float16),
-        "action": ((t, ACTION_SIZE), np.float32), "reward": ((t,), np.float32),
+        "action": ((t, action_size(latents.action)), np.float32), "reward": ((t,), np.float32),
         "done": ((t,), np.bool_),
     }
     if t == 0:
@@ -140,6 +140,11 @@ class SequenceSampler:
     def __init__(self, episodes: list[Latents], seq_len: int):
         if not episodes:
             raise UserError("no encoded episodes to sample sequences from")
+        if len({e.action.shape[1] for e in episodes}) > 1 or len(
+                {e.mu.shape[1] for e in episodes}) > 1:
+            raise UserError(f"encoded episodes of different games or V's mixed: action sizes "
+                            f"{sorted({e.action.shape[1] for e in episodes})}, z sizes "
+                            f"{sorted({e.mu.shape[1] for e in episodes})}")
         self.seq_len = seq_len
         self.lengths = np.array([len(e) for e in episodes])
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])

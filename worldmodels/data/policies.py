@@ -1,5 +1,6 @@
-"""Data policies that drive CarRacing while episodes are collected; seeded, so the same
-seed gives the same actions (and, with the same env seed, the same episode)."""
+"""Data policies that play a world while its first episodes are collected; seeded, so the
+same seed gives the same actions (and, with the same env seed, the same episode). Which
+policies a game supports is the game's to say (`Game.policies`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from worldmodels.models.controller import ACTION_HIGH, ACTION_LOW
+from worldmodels.env.carracing import CARRACING
+from worldmodels.env.game import ActionSpace, Game
 
 BROWNIAN_STEP = float(np.sqrt(1.0 / 50))  # std of one step: a Wiener process at CarRacing's 50 fps
+ACTION_LOW, ACTION_HIGH = CARRACING.actions.low, CARRACING.actions.high
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -17,15 +20,17 @@ Policy = Callable[[np.ndarray], np.ndarray]
 class RandomPolicy:
     """Each action drawn uniformly from the action space, independently of the last."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, actions: ActionSpace = CARRACING.actions):
         self.rng = np.random.default_rng(seed)
+        self.low, self.high = actions.low, actions.high
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        return self.rng.uniform(ACTION_LOW, ACTION_HIGH).astype(np.float32)
+        return self.rng.uniform(self.low, self.high).astype(np.float32)
 
 
 class BrownianPolicy:
-    """Smoothly varying actions: a random walk from a uniform start, clipped to the bounds.
+    """CarRacing's smoothly varying actions: a random walk from a uniform start, clipped to
+    the bounds.
 
     Uniform random actions make the car jitter in place; a walk holds a steer and a
     throttle long enough to drive somewhere, so the data shows turns, speed and grass.
@@ -36,7 +41,8 @@ class BrownianPolicy:
     WALK_LOW = np.array([-1.0, 0.0, -1.0])
     WALK_HIGH = np.array([1.0, 1.0, 1.0])
 
-    def __init__(self, seed: int, step: float = BROWNIAN_STEP):
+    def __init__(self, seed: int, actions: ActionSpace = CARRACING.actions,
+                 step: float = BROWNIAN_STEP):
         self.rng = np.random.default_rng(seed)
         self.step = step
         self.walk = self.rng.uniform(self.WALK_LOW, self.WALK_HIGH)
@@ -51,8 +57,13 @@ class BrownianPolicy:
 POLICIES: dict[str, type] = {"random": RandomPolicy, "brownian": BrownianPolicy}
 
 
-def make_policy(name: str, seed: int) -> Policy:
-    """`name` in POLICIES -> callable(obs) -> float32 action (steer, gas, brake)."""
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
-    return POLICIES[name](seed)
+def check_policy(name: str, game: Game = CARRACING) -> None:
+    if name not in game.policies:
+        raise ValueError(f"unknown policy {name!r} for --env {game.name}; choose one of "
+                         f"{', '.join(game.policies)}")
+
+
+def make_policy(name: str, seed: int, game: Game = CARRACING) -> Policy:
+    """A policy of `game` by name -> callable(obs) -> float32 action."""
+    check_policy(name, game)
+    return POLICIES[name](seed, game.actions)

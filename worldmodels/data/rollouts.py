@@ -19,14 +19,13 @@ from worldmodels.errors import UserError
 from worldmodels.npfiles import read_npz
 
 FRAME_SHAPE = (64, 64, 3)
-ACTION_SIZE = 3
 EPISODE_GLOB = "episode_*.npz"
 
 
 @dataclass
 class Episode:
     obs: np.ndarray  # (T, 64, 64, 3) uint8
-    action: np.ndarray  # (T, 3) float32
+    action: np.ndarray  # (T, A) float32: the world's A actions (CarRacing 3, Take Cover 1)
     reward: np.ndarray  # (T,) float32
     done: np.ndarray  # (T,) bool
     seed: int
@@ -87,11 +86,11 @@ def read_episode(path: Path) -> Episode:
 def check_episode(episode: Episode, path: Path | str) -> None:
     """Raise BadEpisodeError if shapes or dtypes are not those of an episode."""
     if np.ndim(episode.action) == 0:  # len() of a 0-d array would raise TypeError
-        raise BadEpisodeError(f"{path}: action is a scalar, expected shape (T, {ACTION_SIZE})")
-    t = len(episode.action)
+        raise BadEpisodeError(f"{path}: action is a scalar, expected shape (T, A)")
+    t, a = len(episode.action), action_size(episode.action)
     expected = {
         "obs": ((t, *FRAME_SHAPE), np.uint8),
-        "action": ((t, ACTION_SIZE), np.float32),
+        "action": ((t, a), np.float32),
         "reward": ((t,), np.float32),
         "done": ((t,), np.bool_),
     }
@@ -104,6 +103,11 @@ def check_episode(episode: Episode, path: Path | str) -> None:
                 f"{path}: {key} has shape {array.shape} {array.dtype}, expected {shape} "
                 f"{np.dtype(dtype).name}"
             )
+
+
+def action_size(action: np.ndarray) -> int:
+    """A of actions (T, A): any A >= 1 (the world's); -1 (never matches) for other shapes."""
+    return action.shape[1] if action.ndim == 2 and action.shape[1] >= 1 else -1
 
 
 def list_episodes(directory: Path) -> list[Path]:

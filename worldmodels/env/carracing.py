@@ -3,13 +3,20 @@
 CarRacing animates its camera zoom during the first second of an episode (its `t`
 attribute, which drives nothing but the zoom). `SkipZoom` jumps past it at reset without
 spending control steps, so every frame is at driving zoom and no reward is lost.
+
+C drives (steer, gas, brake): steer = tanh, gas = (tanh + 1) / 2, brake = clip(tanh, 0, 1).
+Done is CarRacing's termination (the car left the playfield, or the lap is finished).
 """
 
 from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import torch
 from PIL import Image
+from torch import Tensor
+
+from worldmodels.env.game import ActionSpace, Game
 
 FRAME_SIZE = 64
 DASHBOARD_ROWS = 12  # the bottom 12 of CarRacing's 96 rows: speed, ABS and steering bars
@@ -63,3 +70,16 @@ def make_env(
     if skip_zoom:
         env = SkipZoom(env)
     return PreprocessFrame(env)
+
+
+def squash(raw: Tensor) -> Tensor:
+    """C's raw outputs (..., 3) -> CarRacing actions (..., 3)."""
+    t = torch.tanh(raw)
+    return torch.stack([t[..., 0], (t[..., 1] + 1) / 2, t[..., 2].clamp(0, 1)], -1)
+
+
+ACTIONS = ActionSpace(low=np.array([-1.0, 0.0, 0.0], np.float32),  # steer, gas, brake
+                      high=np.array([1.0, 1.0, 1.0], np.float32), squash=squash)
+
+CARRACING = Game(name="carracing", title="CarRacing-v3", actions=ACTIONS, make_env=make_env,
+                  policies=("brownian", "random"), max_steps=1000, fps=50)

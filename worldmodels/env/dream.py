@@ -26,7 +26,9 @@ import torch
 from torch import Tensor
 
 from worldmodels.agent import WorldModel
-from worldmodels.models.controller import ACTION_HIGH, ACTION_LOW, ACTIONS, Controllers
+from worldmodels.env.carracing import CARRACING
+from worldmodels.env.game import ActionSpace
+from worldmodels.models.controller import Controllers
 from worldmodels.models.mdn import check_tau
 from worldmodels.models.mdnrnn import MDNRNN, dropout_mask
 from worldmodels.models.vae import ConvVAE
@@ -37,14 +39,19 @@ CHUNK = 32  # steps of noise drawn per row at a time
 class BatchedDream:
     """B dreams of one M, stepped together with no autograd and no per-row work per step.
 
-    `starts` are V's (mu, logvar) of real episodes' first frames, each (N, Z). The state
-    lives on `device`; the noise is drawn on the CPU (per-row generators) and copied."""
+    `starts` are V's (mu, logvar) of real episodes' first frames, each (N, Z); `actions`
+    is the game's (how C's outputs become actions). The state lives on `device`; the noise
+    is drawn on the CPU (per-row generators) and copied."""
 
     def __init__(self, mdnrnn: MDNRNN, starts: tuple[Tensor, Tensor], tau: float = 1.15,
-                 max_steps: int = 1000, device: torch.device | str = "cpu"):
+                 max_steps: int = 1000, device: torch.device | str = "cpu",
+                 actions: ActionSpace = CARRACING.actions):
         self.device = torch.device(device)
         mdnrnn = mdnrnn.to(self.device)
         c = mdnrnn.config
+        if c.action_size != actions.size:
+            raise ValueError(f"M takes {c.action_size} actions, the game has {actions.size}")
+        self.actions = actions
         self.z_size, self.hidden, self.k = c.z_size, c.hidden_size, c.gaussians
         self.tau, self.max_steps = check_tau(tau), max_steps
         self.start_mu = starts[0].float().cpu().contiguous()
@@ -81,7 +88,7 @@ class BatchedDream:
         z, h = self.z_size, self.hidden
         self.batch = batch
         on = {"device": self.device}
-        self.x = torch.zeros(batch, z + h + ACTIONS, **on)  # [z, h, a]: M's and C's input
+        self.x = torch.zeros(batch, z + h + self.actions.size, **on)  # [z, h, a]: M's and C's input
         self.c = torch.zeros(batch, h, **on)
         self.gates = torch.empty(batch, 4 * h, **on)
         self.head_out = torch.empty(batch, self.w_heads.shape[1], **on)
@@ -137,7 +144,7 @@ class BatchedDream:
 
     @torch.inference_mode()
     def step(self, action: Tensor) -> tuple[Tensor, Tensor]:
-        """Advance every dream by one step with actions (B, 3); returns (reward (B,), done (B,)
+        """Advance every dream by one step with actions (B, A); returns (reward (B,), done (B,)
         bool); the new obs is `self.obs`."""
         z_size, hidden = self.z_size, self.hidden
         if self.t % CHUNK == 0:
@@ -174,7 +181,7 @@ class BatchedDream:
         """Each row driven by its own controller params (B, P): total dream reward per row
         (and, `with_steps`, the steps it ran). A row stops adding reward after its first
         done; all stop at `max_steps`."""
-        controllers = Controllers(params, self.z_size, self.hidden, self.device)
+        controllers = Controllers(params, self.z_size, self.hidden, self.device, self.actions)
         self.reset(seeds)
         total = torch.zeros(self.batch, device=self.device)
         steps = torch.zeros(self.batch, dtype=torch.long, device=self.device)
@@ -193,11 +200,12 @@ class BatchedDream:
     def flops_per_step(self) -> int:
         """Multiply-adds x 2 of one row's step (matmuls only: LSTM, heads, controller)."""
         n_in = self.z_size + self.hidden
-        return 2 * (self.w_lstm.numel() + self.hidden * self.head_width + n_in * ACTIONS)
+        return 2 * (self.w_lstm.numel() + self.hidden * self.head_width
+                    + n_in * self.actions.size)
 
 
 class DreamEnv(gym.Env):
-    """One dream as a gymnasium env: obs [z, h] (float32, Z + H), CarRacing's action Box,
+    """One dream as a gymnasium env: obs [z, h] (float32, Z + H), the game's action Box,
     reward and termination from M's heads, truncation at `max_steps`; `render()` decodes z
     through V's decoder (rgb_array, 64x64)."""
 
@@ -205,12 +213,14 @@ class DreamEnv(gym.Env):
 
     def __init__(self, mdnrnn: MDNRNN, starts: tuple[Tensor, Tensor], vae: ConvVAE | None = None,
                  tau: float = 1.15, max_steps: int = 1000, render_mode: str | None = None,
-                 device: torch.device | str = "cpu"):
-        self.dream = BatchedDream(mdnrnn, starts, tau=tau, max_steps=max_steps, device=device)
+                 device: torch.device | str = "cpu", actions: ActionSpace = CARRACING.actions):
+        self.dream = BatchedDream(mdnrnn, starts, tau=tau, max_steps=max_steps, device=device,
+                                  actions=actions)
         self.vae, self.max_steps, self.render_mode = vae, max_steps, render_mode
         size = mdnrnn.config.z_size + mdnrnn.config.hidden_size
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
-        self.action_space = gym.spaces.Box(ACTION_LOW, ACTION_HIGH)
+        self.action_space = actions.box()
+        self.actions = actions
         self._stepped = 0
 
     @classmethod
@@ -219,7 +229,7 @@ class DreamEnv(gym.Env):
         world = WorldModel.from_run(Path(run), with_vae=render_mode is not None)
         vae = world.vae(device) if render_mode is not None else None
         return cls(world.mdnrnn(device), world.starts(), vae, tau, max_steps, render_mode,
-                   device)
+                   device, world.game.actions)
 
     def _obs(self) -> np.ndarray:
         return self.dream.obs[0].cpu().numpy().astype(np.float32, copy=True)
@@ -234,8 +244,8 @@ class DreamEnv(gym.Env):
         return self._obs(), {"seed": row_seed}
 
     def step(self, action):
-        action = np.clip(np.asarray(action, np.float32), ACTION_LOW, ACTION_HIGH)
-        reward, done = self.dream.step(torch.from_numpy(action).view(1, ACTIONS).to(
+        action = np.clip(np.asarray(action, np.float32), self.actions.low, self.actions.high)
+        reward, done = self.dream.step(torch.from_numpy(action).view(1, self.actions.size).to(
             self.dream.device))
         self._stepped += 1
         truncated = self._stepped >= self.max_steps

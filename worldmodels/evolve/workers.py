@@ -4,7 +4,7 @@ serially in-process (`--workers 0`). Both have one interface:
     evaluator.run(where, params, seeds, tau, max_steps, bar=None, on_rows=None) -> Scores
 
 `params` is (C, P) controller vectors (None: the random policy) and `seeds` (C, R): row c is
-R rollouts of params[c], one per seed, in the dream (M) or in the real CarRacing. Each call
+R rollouts of params[c], one per seed, in the dream (M) or in the real game. Each call
 puts the parameters in Ray's object store once, where every actor reads them; a task
 carries only its row indices and seeds. The weights went to each actor once, as state
 dicts (not paths), so actors work on any node of a cluster. `bar` (a tqdm bar, optional)
@@ -12,7 +12,7 @@ advances by each rollout as its task finishes. `on_rows(lo, hi, scores)` (option
 called as each task finishes, with the (hi - lo, 2) returns and steps of rollouts lo..hi
 of the flattened seeds, so a caller can keep finished work.
 
-Real rollouts run in batches: each worker steps `envs` CarRacing envs together and runs
+Real rollouts run in batches: each worker steps `envs` envs of the game together and runs
 V, M and C on all their frames at once (`worldmodels.agent.run_episodes`).
 """
 
@@ -26,7 +26,6 @@ import torch
 
 from worldmodels.agent import Agent, WorldModel, run_episodes
 from worldmodels.device import resolve_device
-from worldmodels.env.carracing import make_env
 from worldmodels.env.dream import BatchedDream
 from worldmodels.ray_session import ActorPool, warn_if_address_ignored
 
@@ -41,7 +40,7 @@ class Scores:
 
 
 class RolloutWorker:
-    """Holds the models (and up to `envs` CarRacing envs); runs rows of rollouts in the
+    """Holds the models (and up to `envs` envs of the game); runs rows of rollouts in the
     dream or the real env."""
 
     def __init__(self, world: WorldModel, device: str = "cpu", envs: int = 4,
@@ -65,16 +64,18 @@ class RolloutWorker:
             key = (tau, max_steps)
             if key not in self._dreams:
                 self._dreams = {key: BatchedDream(self.mdnrnn, self.world.starts(), tau,
-                                                  max_steps, self.device)}
+                                                  max_steps, self.device,
+                                                  self.world.game.actions)}
             returns, steps = self._dreams[key].rollout(params[rows], seeds, with_steps=True)
             return np.stack([returns, steps], 1).astype(np.float64)
         controllers = None
         if params is not None:
             if self._agent is None:
-                self._agent = Agent(self.world.vae(self.device), self.mdnrnn, self.device)
+                self._agent = Agent(self.world.vae(self.device), self.mdnrnn, self.device,
+                                    self.world.game.actions)
             controllers = self.world.controllers(params, self.device)
         results = run_episodes(self._env_batch(max_steps, len(seeds)), seeds, max_steps,
-                               self._agent, controllers, rows)
+                               self._agent, controllers, rows, actions=self.world.game.actions)
         return np.array([[r.total_reward, r.steps] for r in results], np.float64)
 
     def _env_batch(self, max_steps: int, n: int) -> list:
@@ -83,7 +84,7 @@ class RolloutWorker:
                 env.close()
             self._envs, self._env_steps = [], max_steps
         while len(self._envs) < min(self.n_envs, n):
-            self._envs.append(make_env(max_steps=max_steps))
+            self._envs.append(self.world.game.make_env(max_steps=max_steps))
         return self._envs[:n]
 
     def ping(self) -> bool:

@@ -247,6 +247,10 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
     if z_size != config.z_size:
         raise UserError(f"{paths.latents}: latents have z size {z_size} but the M config "
                         f"says z_size {config.z_size}")
+    if train_set.action.shape[1] != config.action_size:
+        raise UserError(f"{paths.latents}: episodes have {train_set.action.shape[1]} actions "
+                        f"but the M config says action_size {config.action_size} (data of "
+                        "another game than the run's --env?)")
     if not payload:
         with torch.no_grad():
             model.done.bias.fill_(done_prior_logit(train_set))

@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from worldmodels import atomic, checkpoint
-from worldmodels.config import VAEConfig
+from worldmodels.config import VAEConfig, preset, preset_for
 from worldmodels.data.frames import iter_frames_in_order, stream_frames
 from worldmodels.data.rollouts import list_episodes, split_holdout
 from worldmodels.device import resolve_device
@@ -164,7 +164,12 @@ def train_vae(data: Path, run: Path, config: VAEConfig, resume: bool = False,
 def cli_train_vae(args: argparse.Namespace) -> int:
     paths = RunPaths(args.run)
     episode_files(args.data)  # bad data fails before load_run_config makes the run dir
-    config = load_run_config(paths).vae
+    # A new run gets the default preset of its game; an existing one must be of that game.
+    run_config = load_run_config(paths, default=preset(preset_for(None, args.env)))
+    if args.env is not None and run_config.env != args.env:
+        raise UserError(f"{paths.config}: this run learns --env {run_config.env}, not "
+                        f"{args.env}; choose another --run")
+    config = run_config.vae
     if args.epochs is not None:
         config.epochs = args.epochs
     if args.batch_size is not None:

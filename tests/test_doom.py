@@ -1,0 +1,159 @@
+"""The second game, VizDoom's Take Cover: its module on the real VizDoom, the generic stages
+with a 1-action game, a run of one game refused by the other, and doom-tiny end to end."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from dataclasses import asdict
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from tests.fake_run import make_run
+from worldmodels.agent import WorldModel
+from worldmodels.cli import main
+from worldmodels.config import CollectConfig, preset, preset_for
+from worldmodels.data.collect import collect, run_episode
+from worldmodels.data.policies import make_policy
+from worldmodels.data.rollouts import read_episode
+from worldmodels.env import doom
+from worldmodels.env.games import get_game
+from worldmodels.errors import UserError
+from worldmodels.models.controller import Controllers, param_count
+from worldmodels.pipeline import pipeline
+from worldmodels.run import RunPaths
+
+DOOM = get_game("doom-takecover")
+
+
+def test_the_continuous_action_is_thresholded_into_left_stay_right():
+    assert [doom.button(np.array([a], np.float32)) for a in (-1, -0.34, -0.33, 0, 0.33, 0.34, 1)] \
+        == [doom.LEFT, doom.LEFT, doom.STAY, doom.STAY, doom.STAY, doom.RIGHT, doom.RIGHT]
+    raw = torch.tensor([[-30.0], [0.0], [30.0]])
+    np.testing.assert_allclose(DOOM.actions.squash(raw).numpy().ravel(), [-1, 0, 1])
+
+
+def test_take_cover_gives_64x64_frames_one_action_and_plus_one_per_step():
+    env = DOOM.make_env(max_steps=20)
+    obs, _ = env.reset(seed=1)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8 and obs.std() > 5
+    assert env.observation_space.shape == (64, 64, 3) and env.action_space.shape == (1,)
+    total, steps, truncated = 0.0, 0, False
+    while not truncated:
+        obs, reward, terminated, truncated, _ = env.step(np.array([0.9], np.float32))
+        total, steps = total + reward, steps + 1
+        assert not terminated  # 20 steps are too short to die
+    assert steps == 20 and total == 20.0
+    env.close()
+
+
+def test_dying_ends_a_collected_episode_with_done_and_the_time_limit_does_not():
+    env = DOOM.make_env()  # the paper's 2100-step limit
+    episode = run_episode(env, "random", 3, DOOM)
+    env.close()
+    assert len(episode) < doom.MAX_STEPS and episode.done[-1] and episode.done.sum() == 1
+    assert episode.action.shape == (len(episode), 1) and episode.policy == "random"
+    np.testing.assert_array_equal(episode.reward, 1.0)  # Take Cover pays +1 per tic survived
+    assert {doom.button(a) for a in episode.action} == {doom.LEFT, doom.STAY, doom.RIGHT}
+    cut = DOOM.make_env(max_steps=15)
+    short = run_episode(cut, "random", 3, DOOM)
+    cut.close()
+    assert len(short) == 15 and not short.done.any()
+    np.testing.assert_array_equal(short.action, episode.action[:15])  # seeded
+
+
+def test_collect_env_doom_writes_valid_one_action_episodes(tmp_path):
+    paths = collect(tmp_path, CollectConfig(
+        episodes=2, max_steps=12, policy="random", workers=0), progress=False,
+        env="doom-takecover")
+    for path in paths:
+        episode = read_episode(path)
+        assert episode.obs.shape == (12, 64, 64, 3) and episode.action.shape == (12, 1)
+    with pytest.raises(UserError, match="unknown policy 'brownian' for --env doom-takecover"):
+        collect(tmp_path / "b", CollectConfig(policy="brownian"),
+                env="doom-takecover")
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("brownian", 0, DOOM)
+
+
+def test_a_missing_vizdoom_is_one_line_with_the_install_command(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_vizdoom(name, *args, **kwargs):
+        if name.startswith("vizdoom"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_vizdoom)
+    with pytest.raises(UserError, match=r"pip install 'worldmodels\[doom\]'"):
+        DOOM.make_env()
+
+
+def test_unknown_env_and_a_preset_of_another_game_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["collect", "--out", str(tmp_path), "--episodes", "1", "--env", "pong"])
+    assert exit_info.value.code == 2 and "invalid choice: 'pong'" in capsys.readouterr().err
+    assert preset_for(None, "doom-takecover") == "doom-small"
+    assert preset_for("doom-tiny", None) == "doom-tiny" and preset_for(None, None) == "small"
+    with pytest.raises(UserError, match="--preset tiny is for --env carracing, not "
+                                        "doom-takecover; the doom-takecover presets: doom-tiny"):
+        preset_for("tiny", "doom-takecover")
+    with pytest.raises(UserError, match="unknown --env 'pong'"):
+        get_game("pong")
+
+
+def test_a_run_of_one_game_is_refused_by_the_other(tmp_path, capsys):
+    run = make_run(tmp_path)  # a CarRacing run: M takes 3 actions
+    config = asdict(preset("small"))
+    config["env"] = "doom-takecover"
+    RunPaths(run).config.write_text(json.dumps(config))
+    with pytest.raises(UserError, match="M was trained on 3 actions but the run's --env "
+                                        "doom-takecover has 1"):
+        WorldModel.from_run(run)
+    data = tmp_path / "doomdata"
+    collect(data, CollectConfig(episodes=1, max_steps=5, policy="random", workers=0),
+            progress=False, env="doom-takecover")
+    config["env"] = "carracing"
+    RunPaths(run).config.write_text(json.dumps(config))
+    code = main(["train-vae", "--data", str(data), "--run", str(run), "--env", "doom-takecover"])
+    err = capsys.readouterr().err
+    assert code == 2 and "this run learns --env carracing, not doom-takecover" in err
+    assert err.count("\n") == 1
+
+
+def test_controllers_of_a_one_action_game():
+    params = np.random.default_rng(0).normal(0, 1, (4, param_count(8, 16, 1)))
+    assert params.shape[1] == (8 + 16) + 1
+    actions = Controllers(params, 8, 16, actions=DOOM.actions).act(torch.randn(4, 24))
+    assert actions.shape == (4, 1) and actions.abs().max() <= 1
+    with pytest.raises(ValueError, match="-> 1 actions"):
+        Controllers(params[:, :-1], 8, 16, actions=DOOM.actions)
+
+
+@pytest.mark.slow
+def test_doom_tiny_pipeline_end_to_end_on_the_real_vizdoom(tmp_path, ray_session):
+    run, data = tmp_path / "run", tmp_path / "data"
+    tiny = preset("doom-tiny")
+    results = pipeline(run, "doom-tiny", data=data, progress=False)
+    paths = RunPaths(run)
+    saved = json.loads(paths.config.read_text())
+    assert saved["env"] == "doom-takecover" and saved["mdnrnn"]["action_size"] == 1
+    assert saved["vae"]["z_size"] == saved["mdnrnn"]["z_size"] == 64
+    episodes = sorted(data.glob("episode_*.npz"))
+    assert len(episodes) == tiny.collect.episodes
+    assert read_episode(episodes[0]).action.shape[1] == 1
+    world = WorldModel.from_run(run)
+    assert world.env == "doom-takecover" and world.param_count == 64 + 64 + 1
+    assert np.load(paths.controller).shape == (world.param_count,)
+    for policy in ("controller", "random"):
+        summary = results[policy]
+        assert summary["episodes"] == tiny.evaluate.episodes
+        # +1 per step survived: a return is the episode's length.
+        assert summary["returns"] == [float(n) for n in summary["steps"]]
+    dream = iio.imread(paths.videos / "dream.mp4")
+    assert dream.shape[1:] == (256, 256, 3) and len(dream) >= 2
+    real = iio.imread(paths.videos / "real.mp4")
+    assert real.shape[1:] == (256, 520, 3)
