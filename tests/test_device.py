@@ -9,6 +9,7 @@ from fake_run import make_run
 from worldmodels import checkpoint
 from worldmodels.cli import build_parser, main
 from worldmodels.config import CollectConfig, MDNRNNConfig
+from worldmodels.data.collect import collect_config
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
 from worldmodels.handwriting.model import HandwritingConfig
@@ -41,7 +42,8 @@ def test_every_network_stage_takes_device(argv):
 
 
 def test_cli_defaults_come_from_the_configs():
-    collect = build_parser().parse_args(["collect", "--out", "o", "--episodes", "1"])
+    collect = collect_config(build_parser().parse_args(["collect", "--out", "o",
+                                                        "--episodes", "1"]))
     defaults = CollectConfig()
     assert (collect.max_steps, collect.policy, collect.workers, collect.seed) == (
         defaults.max_steps, defaults.policy, defaults.workers, defaults.seed)

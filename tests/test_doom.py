@@ -157,3 +157,8 @@ def test_doom_tiny_pipeline_end_to_end_on_the_real_vizdoom(tmp_path, ray_session
     assert dream.shape[1:] == (256, 256, 3) and len(dream) >= 2
     real = iio.imread(paths.videos / "real.mp4")
     assert real.shape[1:] == (256, 520, 3)
+    video = tmp_path / "seed7.mp4"
+    assert main(["real-video", "--run", str(run), "--out", str(video), "--max-steps", "12",
+                 "--seed", "7"]) == 0
+    assert iio.imread(video).shape == (12, 256, 520, 3)
+    assert iio.immeta(video)["fps"] == 35  # the game's

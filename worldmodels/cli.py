@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     _env(p)
     p.add_argument("--max-steps", type=_positive, default=None,
                    help="default: the game's own limit (CarRacing 1000, Take Cover 2100)")
-    p.add_argument("--policy", default=None,
-                   help="data policy: CarRacing brownian (default) or random; Take Cover random")
+    p.add_argument("--policy", choices=sorted({n for g in GAMES.values() for n in g.policies}),
+                   default=None, help="data policy (default: the game's first): CarRacing "
+                                      "brownian or random; Take Cover random")
     p.add_argument("--workers", type=_non_negative, default=CollectConfig.workers,
                    help="0: in-process, no Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
@@ -196,9 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive, default=300)
     p.add_argument("--seed", type=_non_negative, default=0)
     p.add_argument("--tau", type=_positive_float, default=None, help="default: the run's tau")
-    p.add_argument("--fps", type=_positive, default=50)
+    p.add_argument("--fps", type=_positive, default=None, help="default: the game's (50, 35)")
     _device(p)
     p.set_defaults(handler="worldmodels.video:cli_dream_video")
+
+    p = sub.add_parser("real-video", help="one real episode of the agent beside V's "
+                                          "reconstruction")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help=".mp4 or .gif")
+    p.add_argument("--seed", type=_non_negative, default=None,
+                   help="the episode's seed (default: the first evaluation seed)")
+    p.add_argument("--max-steps", type=_positive, default=None,
+                   help="default: the run's evaluate.max_steps")
+    p.add_argument("--policy", choices=["controller", "random"], default="controller")
+    _device(p)
+    p.set_defaults(handler="worldmodels.evaluate:cli_real_video")
 
     p = sub.add_parser("iterate", help="the agent plays, M learns what it saw, C evolves again")
     p.add_argument("--run", type=Path, required=True, help="run directory with es.pickle")

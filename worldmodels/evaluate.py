@@ -150,3 +150,14 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     if args.video is not None:
         print(f"video: {args.video}")
     return 0
+
+
+def cli_real_video(args: argparse.Namespace) -> int:
+    paths = RunPaths(args.run)
+    config = load_run_config(paths).evaluate
+    params = load_controller(paths) if args.policy == "controller" else None
+    seed = config.seed if args.seed is None else args.seed
+    out = record_real_video(paths.root, args.out, params, seed,
+                            args.max_steps or config.max_steps, str(resolve_device(args.device)))
+    print(f"real-video: episode seed {seed} -> {out}")
+    return 0

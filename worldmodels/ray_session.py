@@ -41,7 +41,9 @@ def ensure_ray(address: str | None = None, workers: int = 1) -> None:
             # Attaching: the cluster already knows its resources, so num_cpus is not passed.
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=max(workers, os.cpu_count() or 1), **kwargs)
+            # "local": a Ray of this process's own, even where another process on this
+            # machine runs one (ray.init() would attach to it and refuse num_cpus).
+            ray.init(address="local", num_cpus=max(workers, os.cpu_count() or 1), **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"at {address}" if address else "locally"
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

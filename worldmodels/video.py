@@ -79,6 +79,7 @@ def dream_frames(run: Path, steps: int = 300, seed: int = 0, tau: float | None =
 def cli_dream_video(args: argparse.Namespace) -> int:
     frames = dream_frames(args.run, args.steps, args.seed, args.tau,
                           device=str(resolve_device(args.device)))
-    write_video(args.out, frames, fps=args.fps)
+    fps = args.fps or WorldModel.from_run(args.run, with_vae=False).game.fps
+    write_video(args.out, frames, fps=fps)
     print(f"dream-video: {len(frames)} frames -> {args.out}")
     return 0

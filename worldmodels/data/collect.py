@@ -149,13 +149,17 @@ def _collect_ray(out: Path, config: CollectConfig, seeds: list[int], bar: tqdm,
         pool.close()
 
 
-def cli_collect(args: argparse.Namespace) -> int:
+def collect_config(args: argparse.Namespace) -> CollectConfig:
+    """The flags as a config; --max-steps and --policy default to the game's own."""
     game = get_game(args.env)
-    config = CollectConfig(
+    return CollectConfig(
         episodes=args.episodes, max_steps=args.max_steps or game.max_steps,
         policy=args.policy or game.policies[0], seed=args.seed, workers=args.workers,
     )
-    paths = collect(args.out, config, address=args.address, env=game.name)
+
+
+def cli_collect(args: argparse.Namespace) -> int:
+    paths = collect(args.out, collect_config(args), address=args.address, env=args.env)
     print(f"{len(paths)} episodes in {args.out}")
     return 0
 
