@@ -159,6 +159,6 @@ def test_doom_tiny_pipeline_end_to_end_on_the_real_vizdoom(tmp_path, ray_session
     assert real.shape[1:] == (256, 520, 3)
     video = tmp_path / "seed7.mp4"
     assert main(["real-video", "--run", str(run), "--out", str(video), "--max-steps", "12",
-                 "--seed", "7"]) == 0
-    assert iio.imread(video).shape == (12, 256, 520, 3)
+                 "--seed", "7", "--scale", "2"]) == 0
+    assert iio.imread(video).shape == (12, 128, 260, 3)
     assert iio.immeta(video)["fps"] == 35  # the game's

@@ -17,6 +17,7 @@ from worldmodels.env.games import DEFAULT as DEFAULT_ENV
 from worldmodels.env.games import GAMES
 from worldmodels.errors import UserError, require_finite
 from worldmodels.handwriting.model import HandwritingConfig
+from worldmodels.video import SCALE
 
 
 def _positive(text: str) -> int:
@@ -63,6 +64,11 @@ def _env(p: argparse.ArgumentParser, default: str | None = DEFAULT_ENV, more_hel
          ) -> None:
     p.add_argument("--env", choices=list(GAMES), default=default,
                    help=f"the game (default {default or DEFAULT_ENV}){more_help}")
+
+
+def _scale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", type=_positive, default=SCALE,
+                   help=f"pixels per frame pixel (default {SCALE}; GIFs shrink with it)")
 
 
 def _device(p: argparse.ArgumentParser) -> None:
@@ -198,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_non_negative, default=0)
     p.add_argument("--tau", type=_positive_float, default=None, help="default: the run's tau")
     p.add_argument("--fps", type=_positive, default=None, help="default: the game's (50, 35)")
+    _scale(p)
     _device(p)
     p.set_defaults(handler="worldmodels.video:cli_dream_video")
 
@@ -210,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive, default=None,
                    help="default: the run's evaluate.max_steps")
     p.add_argument("--policy", choices=["controller", "random"], default="controller")
+    _scale(p)
     _device(p)
     p.set_defaults(handler="worldmodels.evaluate:cli_real_video")
 

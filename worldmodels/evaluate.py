@@ -26,7 +26,7 @@ from worldmodels.errors import UserError
 from worldmodels.evolve.workers import make_evaluator
 from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
-from worldmodels.video import side_by_side, write_video
+from worldmodels.video import SCALE, side_by_side, write_video
 
 POLICIES = ("controller", "random")
 
@@ -112,7 +112,7 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
 
 
 def record_real_video(run: Path, out: Path, params: np.ndarray | None, seed: int,
-                      max_steps: int, device: str = "cpu") -> Path:
+                      max_steps: int, device: str = "cpu", scale: int = SCALE) -> Path:
     """One real episode: the real 64x64 frame beside V's reconstruction, as mp4 or gif."""
     world = WorldModel.from_run(Path(run))
     agent = Agent.from_world(world, device)
@@ -125,7 +125,7 @@ def record_real_video(run: Path, out: Path, params: np.ndarray | None, seed: int
     frames = result.episode.obs
     recons = agent.reconstruct(frames)
     return write_video(out, [side_by_side(f, r) for f, r in zip(frames, recons, strict=True)],
-                       fps=world.game.fps)
+                       fps=world.game.fps, scale=scale)
 
 
 def cli_evaluate(args: argparse.Namespace) -> int:
@@ -158,6 +158,7 @@ def cli_real_video(args: argparse.Namespace) -> int:
     params = load_controller(paths) if args.policy == "controller" else None
     seed = config.seed if args.seed is None else args.seed
     out = record_real_video(paths.root, args.out, params, seed,
-                            args.max_steps or config.max_steps, str(resolve_device(args.device)))
+                            args.max_steps or config.max_steps, str(resolve_device(args.device)),
+                            args.scale)
     print(f"real-video: episode seed {seed} -> {out}")
     return 0

@@ -80,6 +80,6 @@ def cli_dream_video(args: argparse.Namespace) -> int:
     frames = dream_frames(args.run, args.steps, args.seed, args.tau,
                           device=str(resolve_device(args.device)))
     fps = args.fps or WorldModel.from_run(args.run, with_vae=False).game.fps
-    write_video(args.out, frames, fps=fps)
+    write_video(args.out, frames, fps=fps, scale=args.scale)
     print(f"dream-video: {len(frames)} frames -> {args.out}")
     return 0
