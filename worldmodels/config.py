@@ -148,7 +148,7 @@ class IterateConfig:
 class PipelineConfig:
     preset: str = "small"
     env: str = "carracing"
-    """The world the agent learns (`--env`): carracing or doom-takecover."""
+    """The game the agent learns (`--env`): carracing or doom-takecover."""
     seed: int = 0
     """The run's seed (`pipeline --seed`): every stage's seed derives from it (`with_seed`)."""
     collect: CollectConfig = field(default_factory=CollectConfig)
