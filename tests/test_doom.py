@@ -162,3 +162,18 @@ def test_doom_tiny_pipeline_end_to_end_on_the_real_vizdoom(tmp_path, ray_session
                  "--seed", "7", "--scale", "2"]) == 0
     assert iio.imread(video).shape == (12, 128, 260, 3)
     assert iio.immeta(video)["fps"] == 35  # the game's
+
+
+def test_latents_of_two_games_are_not_mixed_into_one_sampler():
+    from worldmodels.data.latents import Latents, SequenceSampler
+
+    def latents(actions: int) -> Latents:
+        t = 4
+        return Latents(mu=np.zeros((t, 8), np.float16), logvar=np.zeros((t, 8), np.float16),
+                       action=np.zeros((t, actions), np.float32),
+                       reward=np.zeros(t, np.float32), done=np.zeros(t, bool))
+
+    assert SequenceSampler([latents(1), latents(1)], 2).action.shape == (8, 1)
+    with pytest.raises(UserError, match=r"action sizes \[1, 3\]"):
+        SequenceSampler([latents(1), latents(3)], 2)
+

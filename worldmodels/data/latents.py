@@ -140,11 +140,10 @@ class SequenceSampler:
     def __init__(self, episodes: list[Latents], seq_len: int):
         if not episodes:
             raise UserError("no encoded episodes to sample sequences from")
-        if len({e.action.shape[1] for e in episodes}) > 1 or len(
-                {e.mu.shape[1] for e in episodes}) > 1:
+        actions, zs = {e.action.shape[1] for e in episodes}, {e.mu.shape[1] for e in episodes}
+        if len(actions) > 1 or len(zs) > 1:
             raise UserError(f"encoded episodes of different games or V's mixed: action sizes "
-                            f"{sorted({e.action.shape[1] for e in episodes})}, z sizes "
-                            f"{sorted({e.mu.shape[1] for e in episodes})}")
+                            f"{sorted(actions)}, z sizes {sorted(zs)}")
         self.seq_len = seq_len
         self.lengths = np.array([len(e) for e in episodes])
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])

@@ -12,7 +12,7 @@ from worldmodels.env.carracing import CARRACING
 from worldmodels.env.game import ActionSpace, Game
 
 BROWNIAN_STEP = float(np.sqrt(1.0 / 50))  # std of one step: a Wiener process at CarRacing's 50 fps
-ACTION_LOW, ACTION_HIGH = CARRACING.actions.low, CARRACING.actions.high
+ACTION_LOW, ACTION_HIGH = CARRACING.actions.low, CARRACING.actions.high  # the default game's
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -45,10 +45,11 @@ class BrownianPolicy:
                  step: float = BROWNIAN_STEP):
         self.rng = np.random.default_rng(seed)
         self.step = step
+        self.low, self.high = actions.low, actions.high
         self.walk = self.rng.uniform(self.WALK_LOW, self.WALK_HIGH)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        action = np.clip(self.walk, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+        action = np.clip(self.walk, self.low, self.high).astype(np.float32)
         step = self.rng.normal(0.0, self.step, size=3)
         self.walk = np.clip(self.walk + step, self.WALK_LOW, self.WALK_HIGH)
         return action
