@@ -120,6 +120,9 @@ class EvaluateConfig:
     """Ray actors; 0 runs the episodes in-process."""
     envs_per_worker: int = 8
     """Real CarRacing envs each worker steps together (V, M and C batched over them)."""
+    random_episodes: int = 0
+    """Episodes of the random-policy baseline in `pipeline` (0: as many as the agent's); it
+    barely varies, so a preset may spend fewer on it."""
 
 
 @dataclass
@@ -177,22 +180,27 @@ def _preset_tiny() -> PipelineConfig:
 
 
 def _preset_small() -> PipelineConfig:
-    # The best agent a 2-core machine makes in about an hour and a quarter (README).
+    # The best agent a 2-core machine makes in about an hour and a half (README): random-walk
+    # data, a first evolution, then three rounds of the agent improving its own world model.
     return PipelineConfig(
         preset="small",
         collect=CollectConfig(episodes=200, max_steps=500, workers=2),
-        vae=VAEConfig(epochs=5, batch_size=64, learning_rate=3e-4, max_frames_per_epoch=30_000),
+        vae=VAEConfig(epochs=3, batch_size=64, learning_rate=3e-4, max_frames_per_epoch=30_000),
         # An epoch of M is only ~60 steps of batch 16 x 100 (~5 s): give it thousands.
         mdnrnn=MDNRNNConfig(epochs=60, seq_len=100, batch_size=16),
         evolve=EvolveConfig(
             # Dream rollouts are cheap (~50k steps/s per core): a bigger population and more
             # rollouts per candidate cost ~3 s per generation and make the fitness less noisy.
-            # tau 1.5 makes the dream harder to exploit: 40 generations at 1.5 scored 200 in
-            # the real env, 120 at 1.15 scored 88 (README).
-            generations=40, popsize=32, rollouts=16, tau=1.5, max_steps=500, workers=2,
+            # tau 1.5 makes the dream harder to exploit (README). The real checks, not the
+            # dream fitness, choose the agent: C soon learns M's mistakes.
+            generations=20, popsize=32, rollouts=16, tau=1.5, max_steps=500, workers=2,
             real_eval_every=10, real_eval_episodes=8,
         ),
-        evaluate=EvaluateConfig(episodes=100, max_steps=1000, workers=2),
+        evaluate=EvaluateConfig(episodes=100, max_steps=1000, workers=2, random_episodes=20),
+        # Each round: 40 real episodes of the agent (half with noise on C), M 20 more epochs
+        # on all the data, CMA-ES 10 more generations in the new dream and a real check.
+        iterate=IterateConfig(iterations=3, episodes=40, max_steps=1000, mdnrnn_epochs=20,
+                              generations=10, workers=2),
     )
 
 

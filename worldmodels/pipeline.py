@@ -10,6 +10,7 @@ continues where it stopped. The run keeps the preset it was made with in RUN/con
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -110,14 +111,17 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
                     device=device)
             evaluator = make_evaluator(WorldModel.from_run(paths.root), config.evaluate.workers,
                                        address, device, config.evaluate.envs_per_worker)
-        for policy, out in (("controller", paths.evaluation),
-                            ("random", paths.root / "evaluation_random.json")):
-            if out.exists() and load_json(out).get("episodes") == config.evaluate.episodes:
+        random_eval = dataclasses.replace(
+            config.evaluate, episodes=config.evaluate.random_episodes or config.evaluate.episodes)
+        for policy, out, eval_config in (
+                ("controller", paths.evaluation, config.evaluate),
+                ("random", paths.root / "evaluation_random.json", random_eval)):
+            if out.exists() and load_json(out).get("episodes") == eval_config.episodes:
                 _say(progress, f"evaluate ({policy}): done already")
                 results[policy] = load_json(out)
                 continue
-            _say(progress, f"evaluate ({policy}): {config.evaluate.episodes} real episodes")
-            results[policy] = evaluate(paths.root, config.evaluate, policy, progress=progress,
+            _say(progress, f"evaluate ({policy}): {eval_config.episodes} real episodes")
+            results[policy] = evaluate(paths.root, eval_config, policy, progress=progress,
                                        evaluator=evaluator)
     finally:
         evaluator.close()
@@ -137,7 +141,7 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     _say(progress, f"done in {time.perf_counter() - start:.0f} s. Real {game.title} over "
                    f"{agent['episodes']} episodes: agent {agent['mean']:.1f} +- "
                    f"{agent['std']:.1f}, random policy {baseline['mean']:.1f} +- "
-                   f"{baseline['std']:.1f}")
+                   f"{baseline['std']:.1f} ({baseline['episodes']} episodes)")
     return results
 
 
@@ -146,7 +150,7 @@ def cli_pipeline(args: argparse.Namespace) -> int:
                        args.address,
                        device=str(resolve_device(args.device)), seed=args.seed)
     agent, baseline = results["controller"], results["random"]
-    print(f"pipeline: agent {agent['mean']:.1f} +- {agent['std']:.1f}, random "
-          f"{baseline['mean']:.1f} +- {baseline['std']:.1f} ({agent['episodes']} real "
-          f"episodes); {RunPaths(args.run).root}")
+    print(f"pipeline: agent {agent['mean']:.1f} +- {agent['std']:.1f} over "
+          f"{agent['episodes']} real episodes, random {baseline['mean']:.1f} +- "
+          f"{baseline['std']:.1f} over {baseline['episodes']}; {RunPaths(args.run).root}")
     return 0
