@@ -49,22 +49,52 @@ def test_reset_starts_from_real_episode_starts():
         assert torch.cdist(z[None], starts[0]).min() < 1e-3
 
 
-@pytest.mark.parametrize("tau", [0.5, 1.15])
-def test_batched_and_single_dreams_agree(tau):
+@pytest.mark.parametrize("tau,done", [(0.5, "threshold"), (1.15, "threshold"),
+                                       (1.15, "sample")])
+def test_batched_and_single_dreams_agree(tau, done):
     mdnrnn = make_mdnrnn(seed=2)
     with torch.no_grad():
         mdnrnn.done.bias.fill_(-2.0)  # some dreams end early, some run to max_steps
     params = np.random.default_rng(0).normal(0, 0.5, (5, param_count(Z, HIDDEN)))
     seeds = [7, 8, 9, 10, 11]
-    batched = BatchedDream(mdnrnn, STARTS, tau=tau, max_steps=70).rollout(params, seeds)
-    env = DreamEnv(mdnrnn, STARTS, tau=tau, max_steps=70)
-    single = [_single_returns(env, params[i].astype(np.float32), s)[0]
+    rules = {"tau": tau, "max_steps": 70, "done": done, "done_pos_weight": 0.2}
+    batched, steps = BatchedDream(mdnrnn, STARTS, **rules).rollout(params, seeds, with_steps=True)
+    env = DreamEnv(mdnrnn, STARTS, **rules)
+    single = [_single_returns(env, params[i].astype(np.float32), s)
               for i, s in enumerate(seeds)]
-    np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(batched, [r for r, _ in single], rtol=1e-4, atol=1e-5)
+    assert steps.tolist() == [n for _, n in single]
     # A row's dream does not depend on which rows share its batch.
-    alone = BatchedDream(mdnrnn, STARTS, tau=tau, max_steps=70).rollout(params[3:4], seeds[3:4])
+    alone = BatchedDream(mdnrnn, STARTS, **rules).rollout(params[3:4], seeds[3:4])
     np.testing.assert_allclose(alone, batched[3:4], rtol=1e-4, atol=1e-5)
     assert len(set(np.round(batched, 4))) == 5  # different seeds, different dreams
+
+
+@pytest.mark.parametrize("bias,weight", [(-1.0, 1.0), (1.0, np.exp(4.0))])
+def test_sampled_done_ends_dreams_at_the_heads_calibrated_rate(bias, weight):
+    # A done head that says logit `bias` every step, trained with class weight `weight`: the
+    # calibrated probability is p = sigmoid(bias - log weight), so dream lengths are geometric
+    # with mean 1 / p. The threshold rule instead ends every dream at once (bias > 0) or never.
+    mdnrnn = make_mdnrnn(seed=6)
+    with torch.no_grad():
+        mdnrnn.done.weight.zero_()
+        mdnrnn.done.bias.fill_(bias)
+    p = 1 / (1 + np.exp(-(bias - np.log(weight))))
+    rows = 2000
+    params, seeds = np.zeros((rows, param_count(Z, HIDDEN))), np.arange(rows)
+    _, steps = BatchedDream(mdnrnn, STARTS, tau=1.0, max_steps=400, done="sample",
+                            done_pos_weight=weight).rollout(params, seeds, with_steps=True)
+    standard_error = np.sqrt(1 - p) / p / np.sqrt(rows)
+    assert abs(steps.mean() - 1 / p) < 4 * standard_error
+    assert steps.min() == 1 and steps.max() > 3 / p  # a coin, not a rule
+    _, at_threshold = BatchedDream(mdnrnn, STARTS, tau=1.0, max_steps=400, done_pos_weight=weight
+                                   ).rollout(params[:5], seeds[:5], with_steps=True)
+    assert set(at_threshold.tolist()) == {1 if bias > 0 else 400}
+
+
+def test_unknown_done_rule_is_refused():
+    with pytest.raises(ValueError, match="done rule"):
+        BatchedDream(make_mdnrnn(), STARTS, done="coin")
 
 
 def test_same_seed_same_dream_other_seed_other_dream():
@@ -103,13 +133,17 @@ def _split_mask(mask: torch.Tensor | None):
     return torch.cat([mask[:, :Z], mask[:, Z + HIDDEN:]], 1), mask[:, Z:Z + HIDDEN]
 
 
-@pytest.mark.parametrize("tau,dropout", [(0.1, 0.0), (1.0, 0.0), (1.5, 0.0), (1.15, 0.2)])
-def test_fused_dream_step_matches_the_plain_modules(tau, dropout):
+@pytest.mark.parametrize("tau,dropout,done", [
+    (0.1, 0.0, "threshold"), (1.0, 0.0, "threshold"), (1.5, 0.0, "threshold"),
+    (1.15, 0.2, "threshold"), (1.15, 0.0, "sample")])
+def test_fused_dream_step_matches_the_plain_modules(tau, dropout, done):
     mdnrnn = make_mdnrnn(seed=4)
     mdnrnn.config.dropout = dropout
     with torch.no_grad():
         mdnrnn.mdn.linear.bias[: Z * 3].add_(40.0)  # shifted logits change no probability
-    dream = BatchedDream(mdnrnn, STARTS, tau=tau, max_steps=100)
+    weight = 3.0
+    dream = BatchedDream(mdnrnn, STARTS, tau=tau, max_steps=100, done=done,
+                         done_pos_weight=weight)
     rows = 6
     dream.reset(list(range(rows)))
     assert (dream.mask is None) == (dropout == 0)
@@ -117,7 +151,7 @@ def test_fused_dream_step_matches_the_plain_modules(tau, dropout):
     actions = torch.rand(80, rows, 3, generator=torch.Generator().manual_seed(0))
     for t in range(80):
         z, h, c = dream.z.clone(), dream.h.clone(), dream.c.clone()
-        reward, done = dream.step(actions[t])
+        reward, dream_done = dream.step(actions[t])
         with torch.no_grad():
             h_ref, c_ref = mdnrnn.step(z, actions[t], (h, c), masks)
             mixture, reward_ref, done_ref = mdnrnn.heads(h_ref)
@@ -126,7 +160,11 @@ def test_fused_dream_step_matches_the_plain_modules(tau, dropout):
         torch.testing.assert_close(dream.h, h_ref, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(dream.c, c_ref, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(reward, reward_ref, rtol=1e-4, atol=1e-5)
-        assert torch.equal(done, done_ref > 0)
+        if done == "sample":  # the row's coin against the head's calibrated probability
+            p_ref = torch.sigmoid(done_ref - np.log(weight))
+            assert torch.equal(dream_done, dream.coins[:, slot] < p_ref)
+        else:
+            assert torch.equal(dream_done, done_ref > 0)
         torch.testing.assert_close(dream.z, z_ref, rtol=1e-4, atol=1e-4)
 
 

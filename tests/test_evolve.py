@@ -184,6 +184,17 @@ def test_a_bad_tau_in_config_json_names_the_key(tmp_path, capsys):
     assert err.endswith("evolve.tau (config.json or --tau) must be a finite number > 0, got 0.0")
 
 
+def test_an_unknown_done_rule_in_config_json_names_the_key(tmp_path, capsys):
+    run = make_run(tmp_path)
+    config = preset("tiny")
+    config.evolve.done = "coin"
+    save_json(config, RunPaths(run).config)
+    assert main(["evolve", "--run", str(run), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("evolve.done (config.json or --done) must be one of threshold, sample, "
+                        "got 'coin'")
+
+
 def test_missing_models_are_one_line_errors(tmp_path, capsys):
     assert main(["evolve", "--run", str(tmp_path / "empty"), "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from worldmodels import checkpoint
+from worldmodels.agent import WorldModel
 from worldmodels.cli import main
 from worldmodels.config import MDNRNNConfig, PipelineConfig, VAEConfig, load_json, save_json
 from worldmodels.data.latents import (
@@ -212,6 +213,15 @@ def test_losses_fall_on_real_latents(encoded_run):
     assert history[-1]["z_nll"] < history[0]["z_nll"] - 5, history  # nats per step
     assert history[-1]["reward_mse"] < history[0]["reward_mse"]
     assert history[-1]["done_bce"] < history[0]["done_bce"]
+
+
+def test_the_world_model_knows_the_class_weight_its_done_head_trained_with(encoded_run,
+                                                                          tmp_path):
+    # The dream's `sample` done rule undoes it to get the head's calibrated probability.
+    config = MDNRNNConfig(**{**vars(TINY), "epochs": 1, "done_pos_weight": 2.5})
+    run = _copy_run(encoded_run, tmp_path, config)
+    train_mdnrnn(run, config, progress=False)
+    assert WorldModel.from_run(run).done_pos_weight == 2.5
 
 
 def test_train_mdnrnn_cli_refuses_overwrite_and_resumes_exactly(encoded_run, tmp_path, capsys):

@@ -33,7 +33,7 @@ from worldmodels.data.rollouts import Episode
 from worldmodels.env.carracing import CARRACING
 from worldmodels.env.game import ActionSpace, Game
 from worldmodels.env.games import get_game
-from worldmodels.errors import UserError
+from worldmodels.errors import UserError, require_finite
 from worldmodels.models.controller import Controllers, param_count
 from worldmodels.models.mdnrnn import MDNRNN, LSTMState
 from worldmodels.models.vae import ConvVAE
@@ -102,13 +102,15 @@ class WorldModel:
     start_mu: Tensor  # (N, Z): V's posterior of real episodes' first frames
     start_logvar: Tensor
     env: str = CARRACING.name  # the game (`--env`) the run learns
+    done_pos_weight: float = 1.0  # the class weight M's done head trained with (the dream's
+    # `sample` done rule undoes it)
 
     @classmethod
     def from_run(cls, run: Path, with_vae: bool = True) -> WorldModel:
         paths = RunPaths(Path(run))
         paths.require(paths.vae, "train-vae")
         paths.require(paths.mdnrnn, "train-mdnrnn")
-        mdnrnn, _ = checkpoint.load_model(paths.mdnrnn, MDNRNN, MDNRNNConfig)
+        mdnrnn, payload = checkpoint.load_model(paths.mdnrnn, MDNRNN, MDNRNNConfig)
         game = get_game(load_run_config(paths).env if paths.config.exists() else CARRACING.name)
         if mdnrnn.config.action_size != game.actions.size:
             raise UserError(f"{paths.mdnrnn}: M was trained on {mdnrnn.config.action_size} "
@@ -126,8 +128,10 @@ class WorldModel:
         if mu.shape[1] != mdnrnn.config.z_size:
             raise UserError(f"{paths.dream_starts}: z size {mu.shape[1]} but M has "
                             f"{mdnrnn.config.z_size}")
+        pos_weight = payload.get("done_pos_weight", 1.0)
+        require_finite(f"{paths.mdnrnn}: done_pos_weight", pos_weight, above=0)
         return cls(asdict(mdnrnn.config), mdnrnn.state_dict(), vae_config, vae_state, mu, logvar,
-                   game.name)
+                   game.name, float(pos_weight))
 
     def mdnrnn(self, device: torch.device | str = "cpu") -> MDNRNN:
         model = MDNRNN(from_dict(MDNRNNConfig, self.mdnrnn_config))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from worldmodels.config import PRESETS, CollectConfig
 from worldmodels.device import DEVICE_HELP
+from worldmodels.env.dream import DONE_RULES
 from worldmodels.env.games import DEFAULT as DEFAULT_ENV
 from worldmodels.env.games import GAMES
 from worldmodels.errors import UserError, require_finite
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--popsize", type=int, default=None, help="candidates per generation (>= 2)")
     p.add_argument("--rollouts", type=_positive, default=None, help="rollouts per candidate")
     p.add_argument("--tau", type=_positive_float, default=None, help="dream temperature (> 0)")
+    p.add_argument("--done", choices=DONE_RULES, default=None,
+                   help="how the dream obeys M's done head: threshold, or sample a coin of its "
+                        "calibrated probability")
     p.add_argument("--max-steps", type=_positive, default=None, help="steps per rollout")
     p.add_argument("--workers", type=_non_negative, default=None, help="0: in-process, no Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")

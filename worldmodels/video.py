@@ -57,13 +57,13 @@ def dream_frames(run: Path, steps: int = 300, seed: int = 0, tau: float | None =
                  params: np.ndarray | None = None, device: str = "cpu") -> list[np.ndarray]:
     """A dream from the run's M, driven by its C (controller.npy), decoded through V."""
     paths = RunPaths(Path(run))
-    if tau is None:
-        tau = load_run_config(paths).evolve.tau
+    rules = load_run_config(paths).evolve  # the dream C evolved in
+    tau = rules.tau if tau is None else tau
     require_finite("--tau", tau, above=0)
     world = WorldModel.from_run(paths.root)
     params = load_controller(paths) if params is None else params
     dream = BatchedDream(world.mdnrnn(device), world.starts(), tau, steps, device,
-                         world.game.actions)
+                         world.game.actions, rules.done, world.done_pos_weight)
     controllers = world.controllers(params, dream.device)
     with torch.inference_mode():
         dream.reset([seed])

@@ -5,19 +5,24 @@ One step, as M was trained: the controller sees (z_t, h_t) and acts a_t; M's LST
 (z_t, a_t) to h_{t+1}; its heads give reward r_t, the done logit d_t and the mixture for
 z_{t+1}, which is sampled with temperature tau (mixture logits / tau, sigma * sqrt(tau)).
 
-Done is a threshold, not a coin: a dream ends when sigmoid(d_t) > 0.5. M's done head is
-trained with a class-balancing weight (negatives / positives), so its probability is that
-of a balanced problem; sampling it as a coin would end most dreams far too early.
+Done has two rules (`done`). M's done head is trained with a class-balancing weight w
+(negatives / positives), so sigmoid(d_t) is the probability of a balanced problem:
+- `threshold` (CarRacing): a dream ends when sigmoid(d_t) > 0.5, that is where the done odds
+  pass 1/w, as if the event were certain from there on;
+- `sample` (Take Cover, where death is a matter of luck): a dream ends by a coin of the
+  head's calibrated probability, sigmoid(d_t - log w), the weight undone.
 
 Randomness: every dream row owns a CPU `torch.Generator` seeded with that row's seed. At
 reset it draws the start (which real episode start, then the z noise); then, every CHUNK
-steps, a block of uniforms (mixture choice) and normals (z noise), copied to the dream's
-device. So a row's dream depends only on its seed and its actions, never on which other
-rows share the batch or where it runs: a batched dream and a `DreamEnv` agree for a seed.
+steps, a block of uniforms (mixture choice) and normals (z noise), and with `sample` the
+done coins' uniforms, copied to the dream's device. So a row's dream depends only on its
+seed and its actions, never on which other rows share the batch or where it runs: a batched
+dream and a `DreamEnv` agree for a seed.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import gymnasium as gym
@@ -34,18 +39,27 @@ from worldmodels.models.mdnrnn import MDNRNN, dropout_mask
 from worldmodels.models.vae import ConvVAE
 
 CHUNK = 32  # steps of noise drawn per row at a time
+DONE_RULES = ("threshold", "sample")
+
+
+def check_done_rule(done: str) -> str:
+    if done not in DONE_RULES:
+        raise ValueError(f"the dream's done rule must be one of {DONE_RULES}, got {done!r}")
+    return done
 
 
 class BatchedDream:
     """B dreams of one M, stepped together with no autograd and no per-row work per step.
 
     `starts` are V's (mu, logvar) of real episodes' first frames, each (N, Z); `actions`
-    is the game's (how C's outputs become actions). The state lives on `device`; the noise
-    is drawn on the CPU (per-row generators) and copied."""
+    is the game's (how C's outputs become actions); `done` is the done rule and
+    `done_pos_weight` the class weight M's done head trained with (module docstring). The
+    state lives on `device`; the noise is drawn on the CPU (per-row generators) and copied."""
 
     def __init__(self, mdnrnn: MDNRNN, starts: tuple[Tensor, Tensor], tau: float = 1.15,
                  max_steps: int = 1000, device: torch.device | str = "cpu",
-                 actions: ActionSpace = CARRACING.actions):
+                 actions: ActionSpace = CARRACING.actions, done: str = "threshold",
+                 done_pos_weight: float = 1.0):
         self.device = torch.device(device)
         mdnrnn = mdnrnn.to(self.device)
         c = mdnrnn.config
@@ -54,6 +68,8 @@ class BatchedDream:
         self.actions = actions
         self.z_size, self.hidden, self.k = c.z_size, c.hidden_size, c.gaussians
         self.tau, self.max_steps = check_tau(tau), max_steps
+        self.sample_done = check_done_rule(done) == "sample"
+        self.done_shift = math.log(done_pos_weight)  # the head's logit minus this: calibrated
         self.start_mu = starts[0].float().cpu().contiguous()
         self.start_std = torch.exp(0.5 * starts[1].float().cpu()).contiguous()
         z = self.z_size
@@ -95,8 +111,10 @@ class BatchedDream:
         self.x_masked = torch.empty_like(self.x)
         # Drawn on the CPU by the rows' generators; on another device, copied once a chunk.
         self.cpu_noise = torch.empty(2, batch, CHUNK, z)
-        self.noise = self.cpu_noise if self.device.type == "cpu" else torch.empty(
-            2, batch, CHUNK, z, **on)
+        self.cpu_coins = torch.empty(batch, CHUNK)  # used by the `sample` done rule only
+        on_cpu = self.device.type == "cpu"
+        self.noise = self.cpu_noise if on_cpu else torch.empty(2, batch, CHUNK, z, **on)
+        self.coins = self.cpu_coins if on_cpu else torch.empty(batch, CHUNK, **on)
         self.uniform, self.normal = self.noise.unbind(0)
 
     @property
@@ -139,8 +157,11 @@ class BatchedDream:
         for i, g in enumerate(self.generators):
             torch.rand(CHUNK, self.z_size, generator=g, out=uniform[i])
             torch.randn(CHUNK, self.z_size, generator=g, out=normal[i])
+            if self.sample_done:  # drawn last, so the threshold rule's dreams stay as they were
+                torch.rand(CHUNK, generator=g, out=self.cpu_coins[i])
         if self.noise is not self.cpu_noise:
             self.noise.copy_(self.cpu_noise, non_blocking=True)
+            self.coins.copy_(self.cpu_coins, non_blocking=True)
 
     @torch.inference_mode()
     def step(self, action: Tensor) -> tuple[Tensor, Tensor]:
@@ -164,7 +185,11 @@ class BatchedDream:
         # Heads, then z_{t+1} from the MDN core's own sampler with this step's noise.
         out = torch.addmm(self.b_heads, h, self.w_heads, out=self.head_out)
         n = self.n_mix
-        reward, done = out[:, 3 * n].clone(), out[:, 3 * n + 1] > 0
+        reward, done_logit = out[:, 3 * n].clone(), out[:, 3 * n + 1]
+        if self.sample_done:
+            done = self.coins[:, slot] < torch.sigmoid(done_logit - self.done_shift)
+        else:
+            done = done_logit > 0
         mixture = self.mixture_head.params_from(out[:, : 3 * n])
         self.z.copy_(mixture.sample_with(self.uniform[:, slot], self.normal[:, slot], self.tau))
         self.t += 1
@@ -213,9 +238,10 @@ class DreamEnv(gym.Env):
 
     def __init__(self, mdnrnn: MDNRNN, starts: tuple[Tensor, Tensor], vae: ConvVAE | None = None,
                  tau: float = 1.15, max_steps: int = 1000, render_mode: str | None = None,
-                 device: torch.device | str = "cpu", actions: ActionSpace = CARRACING.actions):
-        self.dream = BatchedDream(mdnrnn, starts, tau=tau, max_steps=max_steps, device=device,
-                                  actions=actions)
+                 device: torch.device | str = "cpu", actions: ActionSpace = CARRACING.actions,
+                 done: str = "threshold", done_pos_weight: float = 1.0):
+        self.dream = BatchedDream(mdnrnn, starts, tau, max_steps, device, actions, done,
+                                  done_pos_weight)
         self.vae, self.max_steps, self.render_mode = vae, max_steps, render_mode
         size = mdnrnn.config.z_size + mdnrnn.config.hidden_size
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
@@ -225,11 +251,12 @@ class DreamEnv(gym.Env):
 
     @classmethod
     def from_run(cls, run: Path, tau: float = 1.15, max_steps: int = 1000,
-                 render_mode: str | None = None, device: torch.device | str = "cpu") -> DreamEnv:
+                 render_mode: str | None = None, device: torch.device | str = "cpu",
+                 done: str = "threshold") -> DreamEnv:
         world = WorldModel.from_run(Path(run), with_vae=render_mode is not None)
         vae = world.vae(device) if render_mode is not None else None
         return cls(world.mdnrnn(device), world.starts(), vae, tau, max_steps, render_mode,
-                   device, world.game.actions)
+                   device, world.game.actions, done, world.done_pos_weight)
 
     def _obs(self) -> np.ndarray:
         return self.dream.obs[0].cpu().numpy().astype(np.float32, copy=True)

@@ -45,6 +45,7 @@ from worldmodels import atomic
 from worldmodels.agent import WorldModel
 from worldmodels.config import EvolveConfig, from_dict
 from worldmodels.device import resolve_device
+from worldmodels.env.dream import DONE_RULES
 from worldmodels.errors import UserError, require_finite
 from worldmodels.evolve import safe_pickle
 from worldmodels.evolve.workers import make_evaluator
@@ -73,6 +74,9 @@ def validate(config: EvolveConfig) -> None:
         raise UserError(f"evolve.where (config.json or --in) must be dream or real, got "
                         f"{config.where!r}")
     require_finite("evolve.tau (config.json or --tau)", config.tau, above=0)
+    if config.done not in DONE_RULES:
+        raise UserError(f"evolve.done (config.json or --done) must be one of "
+                        f"{', '.join(DONE_RULES)}, got {config.done!r}")
     if config.popsize < 2:
         raise UserError(f"evolve.popsize (config.json or --popsize) must be >= 2 (CMA-ES "
                         f"needs a population), got {config.popsize}")
@@ -196,7 +200,7 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
             seeds = rollout_seeds(config.seed, gen, len(candidates), config.rollouts)
             # Each candidate once, with its row of seeds: not one copy per rollout.
             fitness = evaluator.run(config.where, candidates, seeds, config.tau,
-                                    config.max_steps).returns.mean(1)
+                                    config.max_steps, done=config.done).returns.mean(1)
             es.tell(solutions, (-fitness).tolist())
             best = int(fitness.argmax())
             if fitness[best] > state.best_fitness:
@@ -245,6 +249,7 @@ def cli_evolve(args: argparse.Namespace) -> int:
         config = load_run_config(paths).evolve
     for flag, name in (("where", "where"), ("generations", "generations"),
                        ("popsize", "popsize"), ("rollouts", "rollouts"), ("tau", "tau"),
+                       ("done", "done"),
                        ("workers", "workers"), ("max_steps", "max_steps")):
         if getattr(args, flag) is not None:
             setattr(config, name, getattr(args, flag))

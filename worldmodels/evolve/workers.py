@@ -1,7 +1,8 @@
 """Who runs the rollouts: Ray actors created once with the world model, or the same work
 serially in-process (`--workers 0`). Both have one interface:
 
-    evaluator.run(where, params, seeds, tau, max_steps, bar=None, on_rows=None) -> Scores
+    evaluator.run(where, params, seeds, tau, max_steps, bar=None, on_rows=None,
+                  done="threshold") -> Scores
 
 `params` is (C, P) controller vectors (None: the random policy) and `seeds` (C, R): row c is
 R rollouts of params[c], one per seed, in the dream (M) or in the real game. Each call
@@ -55,17 +56,18 @@ class RolloutWorker:
         self._env_steps = 0
 
     def run(self, where: str, params: np.ndarray | None, rows: np.ndarray, seeds: np.ndarray,
-            tau: float, max_steps: int) -> np.ndarray:
+            tau: float, max_steps: int, done: str = "threshold") -> np.ndarray:
         """Rollout k: controller params[rows[k]] with seed seeds[k]. Returns (n, 2):
         total reward and steps per rollout."""
         if where == "dream":
             if params is None:
                 raise ValueError("the dream needs controller params")
-            key = (tau, max_steps)
+            key = (tau, max_steps, done)
             if key not in self._dreams:
                 self._dreams = {key: BatchedDream(self.mdnrnn, self.world.starts(), tau,
                                                   max_steps, self.device,
-                                                  self.world.game.actions)}
+                                                  self.world.game.actions, done,
+                                                  self.world.done_pos_weight)}
             returns, steps = self._dreams[key].rollout(params[rows], seeds, with_steps=True)
             return np.stack([returns, steps], 1).astype(np.float64)
         controllers = None
@@ -119,12 +121,13 @@ class SerialEvaluator:
         self.worker, self.envs = RolloutWorker(world, device, envs), envs
 
     def run(self, where: str, params: np.ndarray | None, seeds: np.ndarray, tau: float = 1.0,
-            max_steps: int = 1000, bar=None, on_rows: RowsDone | None = None) -> Scores:
+            max_steps: int = 1000, bar=None, on_rows: RowsDone | None = None,
+            done: str = "threshold") -> Scores:
         rows, flat, shape = _flat(seeds)
         out = np.empty((len(flat), 2), np.float64)
         for lo, hi in chunk_bounds(where, len(flat), 1, self.envs):
             out[lo:hi] = self.worker.run(where, params, rows[lo:hi], flat[lo:hi], tau,
-                                         max_steps)
+                                         max_steps, done)
             if on_rows is not None:
                 on_rows(lo, hi, out[lo:hi])
             if bar is not None:
@@ -145,13 +148,14 @@ class RayEvaluator:
         self.envs = envs
 
     def run(self, where: str, params: np.ndarray | None, seeds: np.ndarray, tau: float = 1.0,
-            max_steps: int = 1000, bar=None, on_rows: RowsDone | None = None) -> Scores:
+            max_steps: int = 1000, bar=None, on_rows: RowsDone | None = None,
+            done: str = "threshold") -> Scores:
         import ray
 
         rows, flat, shape = _flat(seeds)
         chunks = chunk_bounds(where, len(flat), len(self.pool.actors), self.envs)
         params_ref = None if params is None else ray.put(np.asarray(params, np.float32))
-        tasks = [(where, params_ref, rows[lo:hi], flat[lo:hi], tau, max_steps)
+        tasks = [(where, params_ref, rows[lo:hi], flat[lo:hi], tau, max_steps, done)
                  for lo, hi in chunks]
         out = np.empty((len(flat), 2), np.float64)
         for i, result in self.pool.run("run", tasks):
