@@ -9,7 +9,7 @@ import pytest
 from fake_run import make_run
 
 from worldmodels.cli import main
-from worldmodels.config import PipelineConfig, from_dict, preset
+from worldmodels.config import PRESETS, PipelineConfig, from_dict, preset
 from worldmodels.errors import UserError
 from worldmodels.run import RunPaths, load_run_config
 
@@ -49,7 +49,7 @@ def test_the_check_is_generic_over_fields_bools_included():
     with pytest.raises(UserError, match="inner.tbptt must be true or false, got 1"):
         from_dict(Outer, {"inner": {"tbptt": 1}}, "x.json")
     # Every preset round-trips through the checker.
-    for name in ("tiny", "small", "paper"):
+    for name in PRESETS:
         config = preset(name)
         assert from_dict(PipelineConfig, json.loads(json.dumps(asdict(config)))) == config
 

@@ -208,6 +208,25 @@ def _preset_small() -> PipelineConfig:
     )
 
 
+def _preset_medium() -> PipelineConfig:
+    # For 16-32 cores or a small Ray cluster (`--address auto`): about 1 M frames of
+    # random-walk data, then four rounds of iterative training (README: expected wall time
+    # from the stage speeds measured here; not run here).
+    return PipelineConfig(
+        preset="medium",
+        collect=CollectConfig(episodes=1000, max_steps=1000, workers=16),
+        vae=VAEConfig(epochs=5, batch_size=100, learning_rate=3e-4, max_frames_per_epoch=200_000),
+        mdnrnn=MDNRNNConfig(epochs=20, seq_len=100, batch_size=64),
+        evolve=EvolveConfig(
+            generations=40, popsize=64, rollouts=16, tau=1.5, max_steps=1000, workers=16,
+            real_eval_every=10, real_eval_episodes=16,
+        ),
+        evaluate=EvaluateConfig(episodes=100, max_steps=1000, workers=16),
+        iterate=IterateConfig(iterations=4, episodes=256, max_steps=1000, mdnrnn_epochs=5,
+                              generations=20, workers=16),
+    )
+
+
 def _preset_paper() -> PipelineConfig:
     # The paper's sizes: for a cluster (`--address auto`) or a GPU machine.
     return PipelineConfig(
@@ -279,8 +298,9 @@ def with_seed(config: PipelineConfig, seed: int) -> PipelineConfig:
     return config
 
 
-PRESETS = {"tiny": _preset_tiny, "small": _preset_small, "paper": _preset_paper,
-           "doom-tiny": _preset_doom_tiny, "doom-small": _preset_doom_small}
+PRESETS = {"tiny": _preset_tiny, "small": _preset_small, "medium": _preset_medium,
+           "paper": _preset_paper, "doom-tiny": _preset_doom_tiny,
+           "doom-small": _preset_doom_small}
 
 
 DEFAULT_PRESET = {"carracing": "small", "doom-takecover": "doom-small"}  # by --env
