@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import cma
 import numpy as np
 import pytest
 from fake_run import make_run
@@ -240,6 +241,17 @@ def test_es_pickle_garbage_and_code_are_one_line_and_nothing_runs(tmp_path, caps
     assert "refusing to load" in capsys.readouterr().err
     assert not marker.exists()
 
+
+
+@pytest.mark.parametrize("dimension", [50, 867])  # cma adapts sigma by CSA, and by TPA >= 300
+def test_a_cma_state_of_any_size_loads_through_the_safe_unpickler(dimension):
+    es = cma.CMAEvolutionStrategy(np.zeros(dimension), 0.1,
+                                  {"popsize": 8, "seed": 3, "verbose": -9})
+    for _ in range(3):
+        solutions = es.ask()
+        es.tell(solutions, [float(np.sum(np.square(x))) for x in solutions])
+    restored = safe_pickle.loads(es.pickle_dumps())
+    np.testing.assert_array_equal(np.asarray(restored.ask()), np.asarray(es.ask()))
 
 
 class GetsAttribute:

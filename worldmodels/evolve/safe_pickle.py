@@ -36,7 +36,10 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset({
     ("cma.options_parameters", "is_feasible"),
     ("cma.recombination_weights", "RecombinationWeights"),
     ("cma.sampler", "GaussFullSampler"),
-    ("cma.sigma_adaptation", "CMAAdaptSigmaCSA"),
+    # cma adapts sigma by CSA below 300 dimensions and by TPA from 300 on (C of the `small`
+    # and `doom-small` presets).
+    ("cma.sigma_adaptation", "CMAAdaptSigmaCSA"), ("cma.sigma_adaptation", "CMAAdaptSigmaTPA"),
+    ("cma.sigma_adaptation", "_TPAParameters"),
     ("cma.transformations", "DiagonalDecoding"), ("cma.transformations", "GenoPheno"),
     ("cma.transformations", "RoundIntegerVariables"),
     ("cma.utilities.utils", "BlancClass"), ("cma.utilities.utils", "DictFromTagsInString"),
