@@ -37,6 +37,7 @@ from worldmodels.models.controller import Controllers
 from worldmodels.models.mdn import check_tau
 from worldmodels.models.mdnrnn import MDNRNN, dropout_mask
 from worldmodels.models.vae import ConvVAE
+from worldmodels.run import RunPaths, load_run_config
 
 CHUNK = 32  # steps of noise drawn per row at a time
 DONE_RULES = ("threshold", "sample")
@@ -252,8 +253,12 @@ class DreamEnv(gym.Env):
     @classmethod
     def from_run(cls, run: Path, tau: float = 1.15, max_steps: int = 1000,
                  render_mode: str | None = None, device: torch.device | str = "cpu",
-                 done: str = "threshold") -> DreamEnv:
+                 done: str | None = None) -> DreamEnv:
+        """The run's dream; `done` defaults to the run's own rule (evolve.done)."""
         world = WorldModel.from_run(Path(run), with_vae=render_mode is not None)
+        paths = RunPaths(Path(run))
+        if done is None:
+            done = load_run_config(paths).evolve.done if paths.config.exists() else "threshold"
         vae = world.vae(device) if render_mode is not None else None
         return cls(world.mdnrnn(device), world.starts(), vae, tau, max_steps, render_mode,
                    device, world.game.actions, done, world.done_pos_weight)
