@@ -8,9 +8,11 @@ import torch
 from fake_run import HIDDEN, Z, make_mdnrnn, make_run
 from gymnasium.utils.env_checker import check_env
 
+from worldmodels.config import preset, save_json
 from worldmodels.env.dream import BatchedDream, DreamEnv
 from worldmodels.errors import UserError
 from worldmodels.models.controller import Controllers, param_count
+from worldmodels.run import RunPaths
 
 STARTS = (torch.randn(4, Z, generator=torch.Generator().manual_seed(0)),
           torch.full((4, Z), -2.0))
@@ -38,6 +40,16 @@ def test_dream_env_passes_check_env(tmp_path):
     assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
     obs2, *_ = env.step(env.action_space.sample())
     assert np.array_equal(obs[Z:], np.zeros(HIDDEN)) and not np.array_equal(obs2[Z:], obs[Z:])
+
+
+def test_dream_env_from_run_obeys_the_runs_done_rule(tmp_path):
+    run = make_run(tmp_path)
+    assert not DreamEnv.from_run(run).dream.sample_done  # no config.json: threshold
+    config = preset("tiny")
+    config.evolve.done = "sample"
+    save_json(config, RunPaths(run).config)
+    assert DreamEnv.from_run(run).dream.sample_done
+    assert not DreamEnv.from_run(run, done="threshold").dream.sample_done
 
 
 def test_reset_starts_from_real_episode_starts():
