@@ -177,7 +177,7 @@ def _preset_tiny() -> PipelineConfig:
             generations=3, popsize=6, rollouts=2, max_steps=100, workers=2,
             real_eval_every=3, real_eval_episodes=1, real_eval_max_steps=100,
         ),
-        evaluate=EvaluateConfig(episodes=2, max_steps=150, workers=2),
+        evaluate=EvaluateConfig(episodes=2, max_steps=150, workers=2, random_episodes=1),
         iterate=IterateConfig(iterations=1, episodes=2, max_steps=100, mdnrnn_epochs=1,
                               generations=1, workers=2),
     )

@@ -1,6 +1,6 @@
 """Fitness per generation as a small SVG (no plotting library needed): the dream's best and
-mean fitness from RUN/logs/evolve.csv and the CMA-ES mean scored in the real env from
-RUN/logs/evolve_real.csv."""
+mean fitness from RUN/logs/evolve.csv, the CMA-ES mean scored in the real env from
+RUN/logs/evolve_real.csv, and a dashed line where each iteration of iterate retrained M."""
 
 from __future__ import annotations
 
@@ -8,10 +8,19 @@ from pathlib import Path
 
 from worldmodels import atomic
 from worldmodels.logger import read_csv
-from worldmodels.run import RunPaths
+from worldmodels.run import RunPaths, load_run_config
 
 WIDTH, HEIGHT, PAD = 640, 360, 50
 SERIES = (("dream best", "#d62728"), ("dream mean", "#1f77b4"), ("real (CMA-ES mean)", "#2ca02c"))
+
+
+def iteration_starts(paths: RunPaths) -> list[int]:
+    """The generation after which each finished iteration's evolution began (iterate.csv)."""
+    if not (paths.logs / "iterate.csv").exists() or not paths.config.exists():
+        return []
+    config = load_run_config(paths)
+    return [config.evolve.generations + (int(row["step"]) - 1) * config.iterate.generations
+            for row in read_csv(paths.logs / "iterate.csv")]
 
 
 def fitness_svg(run: Path, out: Path | None = None) -> Path | None:
@@ -45,6 +54,11 @@ def fitness_svg(run: Path, out: Path | None = None) -> Path | None:
     if y0 < 0 < y1:
         svg.append(f'<polyline points="{xy(x0, 0)} {xy(x1, 0)}" stroke="#bbb" '
                    'stroke-dasharray="4"/>')
+    for i, gen in enumerate(iteration_starts(paths), 1):  # where M changed under C
+        svg += [f'<polyline points="{xy(gen, y0)} {xy(gen, y1)}" stroke="#999" '
+                'stroke-dasharray="2,3"/>',
+                f'<text x="{xy(gen, y1).split(",")[0]}" y="{PAD - 6}" text-anchor="middle" '
+                f'fill="#666">it {i}</text>']
     for i, ((name, color), line) in enumerate(zip(SERIES, lines, strict=True)):
         if line:
             pts = " ".join(xy(x, y) for x, y in line)
