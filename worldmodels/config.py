@@ -184,7 +184,7 @@ def _preset_tiny() -> PipelineConfig:
 
 
 def _preset_small() -> PipelineConfig:
-    # The best agent a 2-core machine makes in about an hour and a half (README): random-walk
+    # The best agent a 2-core machine makes in about two hours (README): random-walk
     # data, a first evolution, then three rounds of the agent improving its own world model.
     return PipelineConfig(
         preset="small",
