@@ -283,6 +283,12 @@ def _preset_doom_small() -> PipelineConfig:
     )
 
 
+def generations_through(evolve: EvolveConfig, iterate: IterateConfig, iteration: int) -> int:
+    """CMA-ES generations done once `iteration` iterations have evolved (0: the first
+    evolution alone); generations keep counting across iterations."""
+    return evolve.generations + iteration * iterate.generations
+
+
 COLLECT_SEEDS_PER_RUN = 10_000  # collection seeds of run seed S: 10,000 S + i (< 1,000,000)
 
 

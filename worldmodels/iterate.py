@@ -35,7 +35,13 @@ import torch
 
 from worldmodels.agent import Agent, WorldModel, load_controller, run_episodes
 from worldmodels.atomic import write_bytes
-from worldmodels.config import IterateConfig, from_dict, load_json, save_json
+from worldmodels.config import (
+    IterateConfig,
+    from_dict,
+    generations_through,
+    load_json,
+    save_json,
+)
 from worldmodels.data.rollouts import encode_episode, episode_path, list_episodes
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError, require_finite
@@ -200,7 +206,7 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
                 save_json(asdict(state), state_path)
             e_config = dataclasses.replace(
                 run_config.evolve, workers=config.workers,
-                generations=run_config.evolve.generations + it * config.generations)
+                generations=generations_through(run_config.evolve, config, it))
             es_state = evolve(paths.root, e_config, resume=True, address=address,
                               progress=progress, device=device)
             snapshot(paths, it, es_state.selected_real)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from worldmodels import atomic
+from worldmodels.config import generations_through
 from worldmodels.logger import read_csv
 from worldmodels.run import RunPaths, load_run_config
 
@@ -19,7 +20,7 @@ def iteration_starts(paths: RunPaths) -> list[int]:
     if not (paths.logs / "iterate.csv").exists() or not paths.config.exists():
         return []
     config = load_run_config(paths)
-    return [config.evolve.generations + (int(row["step"]) - 1) * config.iterate.generations
+    return [generations_through(config.evolve, config.iterate, int(row["step"]) - 1)
             for row in read_csv(paths.logs / "iterate.csv")]
 
 
