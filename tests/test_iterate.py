@@ -4,6 +4,7 @@ ends exactly where an uninterrupted iteration does."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -21,7 +22,8 @@ from worldmodels.config import (
     save_json,
 )
 from worldmodels.data.rollouts import read_episode, validate_dir
-from worldmodels.evolve.cmaes import evolve
+from worldmodels.evolve.cmaes import evolve, load_es, load_state
+from worldmodels.evolve.cmaes import restart as restart_es
 from worldmodels.iterate import AGENT_SEED, episode_plan, iterate
 from worldmodels.logger import read_csv
 from worldmodels.run import RunPaths
@@ -141,3 +143,30 @@ def test_bad_input_is_one_line(base_run, tmp_path, capsys):
     (run / "es.pickle").unlink()
     assert main(["iterate", "--run", str(run)]) == 2
     assert "worldmodels evolve" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_restart_starts_cma_es_around_the_agent(base_run, tmp_path, monkeypatch, restart):
+    run, data = _copy(base_run, tmp_path)
+    paths = RunPaths(run)
+    before = load_state(paths.es_state)
+    old_mean = load_es(paths.es_state, before).mean.copy()
+    agent = np.load(paths.controller)
+    seen = []
+
+    def look_then_evolve(*args, **kwargs):
+        state = load_state(paths.es_state)
+        seen.append((state.generation, load_es(paths.es_state, state)))
+        return evolve(*args, **kwargs)
+    monkeypatch.setattr(iterate_module, "evolve", look_then_evolve)
+    iterate(run, dataclasses.replace(CONFIG.iterate, restart=restart), data, progress=False)
+    (generation, es), = seen
+    assert generation == before.generation  # the count goes on: new generations, new seeds
+    if restart:
+        np.testing.assert_allclose(es.mean, agent, rtol=1e-6)
+        assert es.sigma == CONFIG.evolve.sigma0
+        again = load_state(base_run / "run" / "es.pickle")  # a restart is reproducible
+        restart_es(again, agent)
+        np.testing.assert_array_equal(load_es(paths.es_state, again).ask(), es.ask())
+    else:
+        np.testing.assert_array_equal(es.mean, old_mean)

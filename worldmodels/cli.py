@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=_positive, default=None, help="real episodes per iteration")
     p.add_argument("--noise", type=float, default=None,
                    help="std of the noise on C's parameters in exploring episodes (>= 0)")
+    p.add_argument("--restart", action=argparse.BooleanOptionalAction, default=None,
+                   help="start each iteration's CMA-ES afresh around the agent (default: the "
+                        "run's iterate.restart)")
     p.add_argument("--workers", type=_non_negative, default=None, help="0: in-process, no Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
     p.add_argument("--data", type=Path, default=None,

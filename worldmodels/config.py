@@ -145,6 +145,9 @@ class IterateConfig:
     """More epochs of M per iteration, on all the data."""
     generations: int = 40
     """More generations of CMA-ES per iteration, in the new dream."""
+    restart: bool = False
+    """Each iteration restarts CMA-ES around the run's agent with sigma0 (False: continue its
+    state, whose mean may have drifted from the agent the real checks chose)."""
     workers: int = 2
     """Ray workers that play the episodes; 0 runs in-process without Ray."""
     envs_per_worker: int = 8

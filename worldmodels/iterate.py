@@ -10,8 +10,10 @@ One iteration i (1-based):
    seeds AGENT_SEED + 10,000 i + j; each file's `policy` names the agent, iteration and noise;
 2. encode only those new episodes with the same V;
 3. continue M from its checkpoint on all the data for `mdnrnn_epochs` more epochs;
-4. continue CMA-ES from its state for `generations` more generations in the new dream. The
-   real checks choose this iteration's agent (C means are only comparable under one M);
+4. evolve `generations` more generations in the new dream: with `restart`, from a fresh
+   CMA-ES around the agent (the mean the real checks chose, not the latest mean, which may
+   have drifted into M's mistakes since), else from the CMA-ES state as it is. The real
+   checks choose this iteration's agent (C means are only comparable under one M);
 5. snapshot the iteration's agent (M and C, with its real check) in RUN/iterations/NN/ and
    log a row to RUN/logs/iterate.csv: data, M's held-out NLL, dream fitness, real check.
 When every iteration is done, the snapshot with the best real check (iteration 0 is the
@@ -45,7 +47,7 @@ from worldmodels.config import (
 from worldmodels.data.rollouts import encode_episode, episode_path, list_episodes
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError, require_finite
-from worldmodels.evolve.cmaes import evolve, load_state, save_state
+from worldmodels.evolve.cmaes import evolve, load_state, restart, save_state
 from worldmodels.logger import RunLogger, read_csv
 from worldmodels.npfiles import read_npz
 from worldmodels.progress import progress_bar
@@ -200,6 +202,8 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
             train_mdnrnn(paths.root, m_config, resume=True, progress=progress, device=device)
             if not state.evolving:  # M changed: earlier real checks were of other agents
                 es_state = load_state(paths.es_state)
+                if config.restart:
+                    restart(es_state, load_controller(paths))
                 es_state.selected_params, es_state.selected_real = None, -np.inf
                 save_state(paths.es_state, es_state)
                 state.evolving = True
@@ -236,7 +240,7 @@ def cli_iterate(args: argparse.Namespace) -> int:
     paths = RunPaths(args.run)
     paths.require(paths.es_state, "evolve")
     config = load_run_config(paths).iterate
-    for name in ("iterations", "episodes", "noise", "workers"):
+    for name in ("iterations", "episodes", "noise", "restart", "workers"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     rows = iterate(args.run, config, args.data, address=args.address,

@@ -144,14 +144,33 @@ def save_params(path: Path, params: np.ndarray) -> None:
         np.save(f, np.asarray(params, np.float32))
 
 
-def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str | None = None,
-           progress: bool = True, evaluator=None, device: str = "cpu") -> EvolveState:
-    """Run (or with `resume`, continue) CMA-ES up to `config.generations`; returns the final
-    state. `evaluator` (optional) replaces the one made from `config.workers`."""
+def new_es(x0: np.ndarray, config: EvolveConfig, seed: int) -> Any:
+    """A fresh CMA-ES around x0 with step size sigma0; its samples come from `seed`."""
     with warnings.catch_warnings():  # cma warns when matplotlib (for its plots) is absent
         warnings.simplefilter("ignore")
         import cma
 
+    return cma.CMAEvolutionStrategy(np.asarray(x0, np.float64), config.sigma0, {
+        "popsize": config.popsize, "seed": seed + 1, "verbose": -9,
+        # cma's own RNG, pickled with it (numpy's global one would not be).
+        "randn": np.random.RandomState(seed).randn,
+    })
+
+
+def restart(state: EvolveState, x0: np.ndarray) -> None:
+    """Give the state a fresh CMA-ES around x0 (sigma0 again), keeping the generation count, so
+    later generations still draw their own dream seeds. Its sampling seed derives from
+    (seed, generation): a restart is reproducible and differs from the first start."""
+    config = from_dict(EvolveConfig, state.config)
+    seed = int(np.random.SeedSequence([config.seed, state.generation]).generate_state(1)[0]
+               % 2**31)
+    state.es_bytes = new_es(x0, config, seed).pickle_dumps()
+
+
+def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str | None = None,
+           progress: bool = True, evaluator=None, device: str = "cpu") -> EvolveState:
+    """Run (or with `resume`, continue) CMA-ES up to `config.generations`; returns the final
+    state. `evaluator` (optional) replaces the one made from `config.workers`."""
     validate(config)
     paths = RunPaths(Path(run))
     paths.writable()
@@ -170,11 +189,7 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
         state.config = asdict(config)
         es = load_es(paths.es_state, state)
     else:
-        es = cma.CMAEvolutionStrategy(np.zeros(n_params), config.sigma0, {
-            "popsize": config.popsize, "seed": config.seed + 1, "verbose": -9,
-            # cma's own RNG, pickled with it (numpy's global one would not be).
-            "randn": np.random.RandomState(config.seed).randn,
-        })
+        es = new_es(np.zeros(n_params), config, config.seed)
         state = EvolveState(es.pickle_dumps(), 0, None, -np.inf, asdict(config))
     if es.N != n_params:
         raise UserError(f"{paths.es_state}: CMA-ES over {es.N} parameters but the run's M "
