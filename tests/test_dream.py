@@ -104,6 +104,21 @@ def test_sampled_done_ends_dreams_at_the_heads_calibrated_rate(bias, weight):
     assert set(at_threshold.tolist()) == {1 if bias > 0 else 400}
 
 
+@pytest.mark.parametrize("bias,ends_at_once", [(3.0, False), (5.0, True)])
+def test_likely_done_thresholds_the_calibrated_probability(bias, ends_at_once):
+    # Trained with weight e^4, a constant logit of 3 is 3 - 4 < 0 calibrated: the class-weighted
+    # `threshold` ends every dream at once, `likely` never; a logit of 5 ends both at once.
+    mdnrnn = make_mdnrnn(seed=6)
+    with torch.no_grad():
+        mdnrnn.done.weight.zero_()
+        mdnrnn.done.bias.fill_(bias)
+    params, seeds = np.zeros((5, param_count(Z, HIDDEN))), np.arange(5)
+    steps = {rule: BatchedDream(mdnrnn, STARTS, tau=1.0, max_steps=50, done=rule,
+                                done_pos_weight=np.exp(4.0)).rollout(
+        params, seeds, with_steps=True)[1].tolist() for rule in ("threshold", "likely")}
+    assert steps == {"threshold": [1] * 5, "likely": [1 if ends_at_once else 50] * 5}
+
+
 def test_unknown_done_rule_is_refused():
     with pytest.raises(ValueError, match="done rule"):
         BatchedDream(make_mdnrnn(), STARTS, done="coin")
@@ -147,7 +162,7 @@ def _split_mask(mask: torch.Tensor | None):
 
 @pytest.mark.parametrize("tau,dropout,done", [
     (0.1, 0.0, "threshold"), (1.0, 0.0, "threshold"), (1.5, 0.0, "threshold"),
-    (1.15, 0.2, "threshold"), (1.15, 0.0, "sample")])
+    (1.15, 0.2, "threshold"), (1.15, 0.0, "sample"), (1.15, 0.0, "likely")])
 def test_fused_dream_step_matches_the_plain_modules(tau, dropout, done):
     mdnrnn = make_mdnrnn(seed=4)
     mdnrnn.config.dropout = dropout
@@ -175,6 +190,8 @@ def test_fused_dream_step_matches_the_plain_modules(tau, dropout, done):
         if done == "sample":  # the row's coin against the head's calibrated probability
             p_ref = torch.sigmoid(done_ref - np.log(weight))
             assert torch.equal(dream_done, dream.coins[:, slot] < p_ref)
+        elif done == "likely":  # the calibrated probability against 1/2
+            assert torch.equal(dream_done, torch.sigmoid(done_ref - np.log(weight)) > 0.5)
         else:
             assert torch.equal(dream_done, done_ref > 0)
         torch.testing.assert_close(dream.z, z_ref, rtol=1e-4, atol=1e-4)

@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollouts", type=_positive, default=None, help="rollouts per candidate")
     p.add_argument("--tau", type=_positive_float, default=None, help="dream temperature (> 0)")
     p.add_argument("--done", choices=DONE_RULES, default=None,
-                   help="how the dream obeys M's done head: threshold, or sample a coin of its "
-                        "calibrated probability")
+                   help="how the dream obeys M's done head: threshold its class-weighted "
+                        "probability, or its calibrated one (likely), or sample a coin of it")
     p.add_argument("--max-steps", type=_positive, default=None, help="steps per rollout")
     p.add_argument("--workers", type=_non_negative, default=None, help="0: in-process, no Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")

@@ -97,8 +97,8 @@ class EvolveConfig:
     """Dream temperature."""
     done: str = "threshold"
     """How a dream obeys M's done head: `threshold` (ends where the class-weighted head says
-    more likely than not) or `sample` (a coin of the head's calibrated probability each step:
-    for games whose deaths are luck, like Take Cover)."""
+    more likely than not), `likely` (where its calibrated probability does) or `sample` (a
+    coin of the calibrated probability each step)."""
     max_steps: int = 1000
     """Steps per rollout at most."""
     workers: int = 2

@@ -5,12 +5,13 @@ One step, as M was trained: the controller sees (z_t, h_t) and acts a_t; M's LST
 (z_t, a_t) to h_{t+1}; its heads give reward r_t, the done logit d_t and the mixture for
 z_{t+1}, which is sampled with temperature tau (mixture logits / tau, sigma * sqrt(tau)).
 
-Done has two rules (`done`). M's done head is trained with a class-balancing weight w
+Done has three rules (`done`). M's done head is trained with a class-balancing weight w
 (negatives / positives), so sigmoid(d_t) is the probability of a balanced problem:
 - `threshold` (CarRacing): a dream ends when sigmoid(d_t) > 0.5, that is where the done odds
   pass 1/w, as if the event were certain from there on;
-- `sample` (Take Cover, where death is a matter of luck): a dream ends by a coin of the
-  head's calibrated probability, sigmoid(d_t - log w), the weight undone.
+- `likely`: a dream ends when the head's calibrated probability, sigmoid(d_t - log w) (the
+  weight undone), passes 0.5: where M holds the end more likely than not;
+- `sample`: a dream ends by a coin of the calibrated probability.
 
 Randomness: every dream row owns a CPU `torch.Generator` seeded with that row's seed. At
 reset it draws the start (which real episode start, then the z noise); then, every CHUNK
@@ -40,7 +41,7 @@ from worldmodels.models.vae import ConvVAE
 from worldmodels.run import RunPaths, load_run_config
 
 CHUNK = 32  # steps of noise drawn per row at a time
-DONE_RULES = ("threshold", "sample")
+DONE_RULES = ("threshold", "likely", "sample")
 
 
 def check_done_rule(done: str) -> str:
@@ -71,6 +72,8 @@ class BatchedDream:
         self.tau, self.max_steps = check_tau(tau), max_steps
         self.sample_done = check_done_rule(done) == "sample"
         self.done_shift = math.log(done_pos_weight)  # the head's logit minus this: calibrated
+        # The logit above which `threshold` and `likely` end a dream.
+        self.done_cut = self.done_shift if done == "likely" else 0.0
         self.start_mu = starts[0].float().cpu().contiguous()
         self.start_std = torch.exp(0.5 * starts[1].float().cpu()).contiguous()
         z = self.z_size
@@ -190,7 +193,7 @@ class BatchedDream:
         if self.sample_done:
             done = self.coins[:, slot] < torch.sigmoid(done_logit - self.done_shift)
         else:
-            done = done_logit > 0
+            done = done_logit > self.done_cut
         mixture = self.mixture_head.params_from(out[:, : 3 * n])
         self.z.copy_(mixture.sample_with(self.uniform[:, slot], self.normal[:, slot], self.tau))
         self.t += 1
