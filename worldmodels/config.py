@@ -145,9 +145,9 @@ class IterateConfig:
     """More epochs of M per iteration, on all the data."""
     generations: int = 40
     """More generations of CMA-ES per iteration, in the new dream."""
-    restart: bool = False
+    restart: bool = True
     """Each iteration restarts CMA-ES around the run's agent with sigma0 (False: continue its
-    state, whose mean may have drifted from the agent the real checks chose)."""
+    state, whose mean may have drifted from the agent the real checks chose; README)."""
     workers: int = 2
     """Ray workers that play the episodes; 0 runs in-process without Ray."""
     envs_per_worker: int = 8
@@ -205,7 +205,8 @@ def _preset_small() -> PipelineConfig:
         ),
         evaluate=EvaluateConfig(episodes=100, max_steps=1000, workers=2, random_episodes=20),
         # Each round: 40 real episodes of the agent (half with noise on C), M 20 more epochs
-        # on all the data, CMA-ES 10 more generations in the new dream and a real check.
+        # on all the data, CMA-ES 10 more generations in the new dream (restarted around the
+        # agent) and a real check.
         iterate=IterateConfig(iterations=3, episodes=40, max_steps=1000, mdnrnn_epochs=20,
                               generations=10, workers=2),
     )
