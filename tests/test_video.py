@@ -8,10 +8,11 @@ import pytest
 from fake_run import make_run
 
 from worldmodels.cli import main
+from worldmodels.config import EvolveConfig, PipelineConfig, save_json
 from worldmodels.errors import UserError
 from worldmodels.models.controller import param_count
-from worldmodels.run import RunPaths
-from worldmodels.video import side_by_side, write_video
+from worldmodels.run import RunPaths, load_run_config
+from worldmodels.video import dream_frames, side_by_side, write_video
 
 
 def _frames(n: int) -> list[np.ndarray]:
@@ -50,3 +51,19 @@ def test_dream_video_cli(tmp_path, capsys):
     frames = iio.imread(out)
     assert frames.shape[:3] == (10, 256, 256)  # the start frame and 9 steps, 4x upscaled
     assert "10 frames" in capsys.readouterr().out
+
+
+def test_dream_video_plays_the_dream_evolve_ran_in(tmp_path):
+    # `evolve --tau 3` keeps its settings in es.pickle, not in config.json (tau 1.15 here):
+    # the video's default is the temperature C evolved at.
+    run = make_run(tmp_path)
+    save_json(PipelineConfig(evolve=EvolveConfig(real_eval_every=0)), RunPaths(run).config)
+    assert main(["evolve", "--run", str(run), "--workers", "0", "--generations", "1",
+                 "--popsize", "4", "--rollouts", "1", "--max-steps", "5", "--tau", "3"]) == 0
+    assert load_run_config(RunPaths(run)).evolve.tau != 3.0
+    default = dream_frames(run, steps=6)
+    assert all(np.array_equal(a, b) for a, b in zip(default, dream_frames(run, 6, tau=3.0),
+                                                     strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(
+        default, dream_frames(run, 6, tau=load_run_config(RunPaths(run)).evolve.tau),
+        strict=False))

@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help=".mp4 or .gif")
     p.add_argument("--steps", type=_positive, default=300)
     p.add_argument("--seed", type=_non_negative, default=0)
-    p.add_argument("--tau", type=_positive_float, default=None, help="default: the run's tau")
+    p.add_argument("--tau", type=_positive_float, default=None,
+                   help="default: the tau C evolved at (RUN/es.pickle)")
     p.add_argument("--fps", type=_positive, default=None, help="default: the game's (50, 35)")
     _scale(p)
     _device(p)

@@ -14,7 +14,8 @@ from worldmodels.agent import WorldModel, decode_frames, load_controller
 from worldmodels.device import resolve_device
 from worldmodels.env.dream import BatchedDream
 from worldmodels.errors import UserError, require_finite
-from worldmodels.run import RunPaths, load_run_config
+from worldmodels.evolve.cmaes import evolved_config
+from worldmodels.run import RunPaths
 
 SCALE = 4  # 64x64 frames are tiny on a screen; nearest-neighbour upscaling keeps them crisp
 SUFFIXES = (".mp4", ".gif")
@@ -57,7 +58,7 @@ def dream_frames(run: Path, steps: int = 300, seed: int = 0, tau: float | None =
                  params: np.ndarray | None = None, device: str = "cpu") -> list[np.ndarray]:
     """A dream from the run's M, driven by its C (controller.npy), decoded through V."""
     paths = RunPaths(Path(run))
-    rules = load_run_config(paths).evolve  # the dream C evolved in
+    rules = evolved_config(paths)  # the dream C evolved in
     tau = rules.tau if tau is None else tau
     require_finite("--tau", tau, above=0)
     world = WorldModel.from_run(paths.root)

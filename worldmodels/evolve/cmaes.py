@@ -254,14 +254,20 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
     return state
 
 
+def evolved_config(paths: RunPaths) -> EvolveConfig:
+    """The settings of the run's evolution: those RUN/es.pickle was started with (command-line
+    overrides such as --tau and --done included) once it exists, else the run config's."""
+    if paths.es_state.exists():
+        return from_dict(EvolveConfig, load_state(paths.es_state).config, str(paths.es_state))
+    return load_run_config(paths).evolve
+
+
 def cli_evolve(args: argparse.Namespace) -> int:
     paths = RunPaths(args.run)
     paths.require(paths.vae, "train-vae")
     paths.require(paths.mdnrnn, "train-mdnrnn")
-    if args.resume and paths.es_state.exists():  # resume with the settings it was started with
-        config = from_dict(EvolveConfig, load_state(paths.es_state).config, str(paths.es_state))
-    else:
-        config = load_run_config(paths).evolve
+    # Resuming keeps the settings it was started with.
+    config = evolved_config(paths) if args.resume else load_run_config(paths).evolve
     for flag, name in (("where", "where"), ("generations", "generations"),
                        ("popsize", "popsize"), ("rollouts", "rollouts"), ("tau", "tau"),
                        ("done", "done"),
