@@ -47,7 +47,7 @@ from worldmodels.config import (
 from worldmodels.data.rollouts import encode_episode, episode_path, list_episodes
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError, require_finite
-from worldmodels.evolve.cmaes import evolve, load_state, restart, save_state
+from worldmodels.evolve.cmaes import evolve, evolved_config, load_state, restart, save_state
 from worldmodels.logger import RunLogger, read_csv
 from worldmodels.npfiles import read_npz
 from worldmodels.progress import progress_bar
@@ -208,8 +208,9 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
                 save_state(paths.es_state, es_state)
                 state.evolving = True
                 save_json(asdict(state), state_path)
+            # The dream C evolved in (evolve --tau/--done included), longer by this round.
             e_config = dataclasses.replace(
-                run_config.evolve, workers=config.workers,
+                evolved_config(paths), workers=config.workers,
                 generations=generations_through(run_config.evolve, config, it))
             es_state = evolve(paths.root, e_config, resume=True, address=address,
                               progress=progress, device=device)
