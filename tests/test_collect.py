@@ -21,6 +21,7 @@ from worldmodels.data.collect import collect, run_episode
 from worldmodels.data.policies import ACTION_HIGH, ACTION_LOW, make_policy
 from worldmodels.data.rollouts import episode_path, read_episode
 from worldmodels.env.carracing import make_env
+from worldmodels.env.games import get_game
 from worldmodels.errors import UserError
 
 CLI = [sys.executable, "-m", "worldmodels.cli"]
@@ -65,6 +66,19 @@ def test_brownian_actions_vary_smoothly_random_ones_do_not():
     assert jumps["brownian"] < 0.15 < jumps["random"]
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("greedy", 0)
+
+
+def test_repeat_holds_each_random_action_for_one_to_ten_steps():
+    obs = np.zeros((64, 64, 3), np.uint8)
+    doom = get_game("doom-takecover")
+    policy, again = make_policy("repeat", 3, doom), make_policy("repeat", 3, doom)
+    actions = np.stack([policy(obs) for _ in range(2000)])[:, 0]
+    np.testing.assert_array_equal(actions, [again(obs)[0] for _ in range(2000)])  # seeded
+    assert actions.dtype == np.float32 and actions.min() >= -1 and actions.max() <= 1
+    changes = np.flatnonzero(np.diff(actions)) + 1
+    holds = np.diff(np.concatenate([[0], changes]))
+    assert holds.min() >= 1 and holds.max() == 10 and 4 < holds.mean() < 7  # uniform 1..10
+    assert actions.min() < -0.9 and actions.max() > 0.9
 
 
 class TerminatesAt(gym.Wrapper):

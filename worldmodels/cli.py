@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the game's own limit (CarRacing 1000, Take Cover 2100)")
     p.add_argument("--policy", choices=sorted({n for g in GAMES.values() for n in g.policies}),
                    default=None, help="data policy (default: the game's first): CarRacing "
-                                      "brownian or random; Take Cover random")
+                                      "brownian or random; Take Cover random or repeat")
     p.add_argument("--workers", type=_non_negative, default=CollectConfig.workers,
                    help="0: in-process, no Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")

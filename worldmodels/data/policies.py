@@ -55,7 +55,32 @@ class BrownianPolicy:
         return action
 
 
-POLICIES: dict[str, type] = {"random": RandomPolicy, "brownian": BrownianPolicy}
+class RepeatPolicy:
+    """Uniform random actions, each held for a random 1 to `MAX_HOLD` steps.
+
+    Take Cover's uniform random player redraws its button every tic, so it jitters in
+    place and M rarely sees the player cross the room; holding each action moves it (the
+    World Models paper's Doom data did the same).
+    """
+
+    MAX_HOLD = 10
+
+    def __init__(self, seed: int, actions: ActionSpace = CARRACING.actions):
+        self.rng = np.random.default_rng(seed)
+        self.low, self.high = actions.low, actions.high
+        self.action = self.low
+        self.left = 0  # steps the current action is still held
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        if self.left == 0:
+            self.action = self.rng.uniform(self.low, self.high).astype(np.float32)
+            self.left = int(self.rng.integers(1, self.MAX_HOLD + 1))
+        self.left -= 1
+        return self.action.copy()
+
+
+POLICIES: dict[str, type] = {"random": RandomPolicy, "brownian": BrownianPolicy,
+                             "repeat": RepeatPolicy}
 
 
 def check_policy(name: str, game: Game = CARRACING) -> None:

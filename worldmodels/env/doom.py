@@ -90,5 +90,5 @@ ACTIONS = ActionSpace(low=np.array([-1.0], np.float32), high=np.array([1.0], np.
                       squash=squash)
 
 DOOM_TAKECOVER = Game(name="doom-takecover", title="VizDoom Take Cover", actions=ACTIONS,
-                       make_env=make_env, policies=("random",), max_steps=MAX_STEPS, fps=35,
-                       require=require_vizdoom)
+                       make_env=make_env, policies=("random", "repeat"), max_steps=MAX_STEPS,
+                       fps=35, require=require_vizdoom)
