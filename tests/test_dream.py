@@ -82,6 +82,31 @@ def test_batched_and_single_dreams_agree(tau, done):
     assert len(set(np.round(batched, 4))) == 5  # different seeds, different dreams
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_dreams_that_end_leave_the_batch_and_the_others_dream_on_unchanged(dropout):
+    # Deaths come by a coin (from 2 to 50+ steps here), so the batch halves
+    # several times; each row must still dream exactly as it would alone.
+    mdnrnn = make_mdnrnn(seed=4)
+    mdnrnn.config.dropout = dropout
+    with torch.no_grad():
+        mdnrnn.done.weight.mul_(0.1)
+        mdnrnn.done.bias.fill_(-3.0)
+    rules = {"tau": 1.15, "max_steps": 90, "done": "sample"}
+    params = np.random.default_rng(1).normal(0, 0.5, (24, param_count(Z, HIDDEN)))
+    seeds = list(range(100, 124))
+    dream = BatchedDream(mdnrnn, STARTS, **rules)
+    batched, steps = dream.rollout(params, seeds, with_steps=True)
+    assert dream.batch <= 3 and steps.min() < 10 and steps.max() > 40  # it did shrink
+    env = DreamEnv(mdnrnn, STARTS, **rules)
+    single = [_single_returns(env, params[i].astype(np.float32), s)
+              for i, s in enumerate(seeds)]
+    assert steps.tolist() == [n for _, n in single]
+    np.testing.assert_allclose(batched, [r for r, _ in single], rtol=1e-4, atol=1e-5)
+    again = dream.rollout(params, seeds, with_steps=True)  # a new rollout refills the batch
+    np.testing.assert_array_equal(again[0], batched)
+    np.testing.assert_array_equal(again[1], steps)
+
+
 @pytest.mark.parametrize("bias,weight", [(-1.0, 1.0), (1.0, np.exp(4.0))])
 def test_sampled_done_ends_dreams_at_the_heads_calibrated_rate(bias, weight):
     # A done head that says logit `bias` every step, trained with class weight `weight`: the

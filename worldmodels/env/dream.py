@@ -212,18 +212,52 @@ class BatchedDream:
         done; all stop at `max_steps`."""
         controllers = Controllers(params, self.z_size, self.hidden, self.device, self.actions)
         self.reset(seeds)
-        total = torch.zeros(self.batch, device=self.device)
-        steps = torch.zeros(self.batch, dtype=torch.long, device=self.device)
-        alive = torch.ones(self.batch, dtype=torch.bool, device=self.device)
+        n = self.batch
+        final_total = torch.zeros(n, device=self.device)
+        final_steps = torch.zeros(n, dtype=torch.long, device=self.device)
+        rows = torch.arange(n, device=self.device)  # the dream each current row is
+        total, steps = final_total.clone(), final_steps.clone()
+        alive = torch.ones(n, dtype=torch.bool, device=self.device)
         for _ in range(self.max_steps):
             reward, done = self.drive(controllers)
             total.add_(reward.masked_fill_(~alive, 0.0))
             steps.add_(alive)
             alive &= ~done
-            if not alive.any():
+            n_alive = int(alive.sum())
+            if n_alive == 0:
                 break
-        total_np = total.cpu().numpy().astype(np.float64)
-        return (total_np, steps.cpu().numpy()) if with_steps else total_np
+            # Dreams that end early (Take Cover's deaths) would keep costing a full row each
+            # step: once half the rows are done, step only the live ones.
+            if n_alive <= len(alive) // 2:
+                final_total[rows], final_steps[rows] = total, steps
+                live = alive.nonzero().squeeze(1)
+                self.keep_rows(live)
+                if len(controllers) > 1:
+                    controllers = controllers.subset(live)
+                rows, total, steps, alive = rows[live], total[live], steps[live], alive[live]
+        final_total[rows], final_steps[rows] = total, steps
+        total_np = final_total.cpu().numpy().astype(np.float64)
+        return (total_np, final_steps.cpu().numpy()) if with_steps else total_np
+
+    @torch.inference_mode()
+    def keep_rows(self, rows: Tensor) -> None:
+        """Drop every dream but `rows` (indices into the batch) from the batch; the kept ones
+        go on exactly as they would have (their state, noise and generators move with them)."""
+        on_cpu = rows.cpu()
+        self.x, self.c = self.x[rows], self.c[rows]
+        if self.mask is not None:
+            self.mask = self.mask[rows]
+        self.generators = [self.generators[i] for i in on_cpu.tolist()]
+        self.cpu_noise, self.cpu_coins = self.cpu_noise[:, on_cpu], self.cpu_coins[on_cpu]
+        if self.device.type == "cpu":
+            self.noise, self.coins = self.cpu_noise, self.cpu_coins
+        else:
+            self.noise, self.coins = self.noise[:, rows], self.coins[rows]
+        self.uniform, self.normal = self.noise.unbind(0)
+        self.batch = len(rows)
+        self.gates = torch.empty(self.batch, self.gates.shape[1], device=self.device)
+        self.head_out = torch.empty(self.batch, self.head_out.shape[1], device=self.device)
+        self.x_masked = torch.empty_like(self.x)
 
     @torch.inference_mode()
     def flops_per_step(self) -> int:

@@ -8,6 +8,8 @@ the bias.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -46,6 +48,12 @@ class Controllers:
 
     def __len__(self) -> int:
         return len(self.weight)
+
+    def subset(self, rows: Tensor) -> Controllers:
+        """Controllers rows[0], rows[1], ... as rows 0, 1, ... of a new set."""
+        subset = copy.copy(self)
+        subset.weight, subset.bias = self.weight[rows], self.bias[rows]
+        return subset
 
     def act(self, obs: Tensor, rows: Tensor | None = None) -> Tensor:
         """obs [z, h] (B, Z + H) -> actions (B, A); obs[i] goes to controller rows[i] (default
