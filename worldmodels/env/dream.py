@@ -51,7 +51,8 @@ def check_done_rule(done: str) -> str:
 
 
 class BatchedDream:
-    """B dreams of one M, stepped together with no autograd and no per-row work per step.
+    """B dreams of one M, stepped together with no autograd and no per-row work per step
+    (in `rollout`, dreams that ended leave the batch once half of them have).
 
     `starts` are V's (mu, logvar) of real episodes' first frames, each (N, Z); `actions`
     is the game's (how C's outputs become actions); `done` is the done rule and
