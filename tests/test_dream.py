@@ -82,8 +82,9 @@ def test_batched_and_single_dreams_agree(tau, done):
     assert len(set(np.round(batched, 4))) == 5  # different seeds, different dreams
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_dreams_that_end_leave_the_batch_and_the_others_dream_on_unchanged(dropout):
+def test_dreams_that_end_leave_the_batch_and_the_others_dream_on_unchanged(dropout, device):
     # Deaths come by a coin (from 2 to 50+ steps here), so the batch halves
     # several times; each row must still dream exactly as it would alone.
     mdnrnn = make_mdnrnn(seed=4)
@@ -94,8 +95,9 @@ def test_dreams_that_end_leave_the_batch_and_the_others_dream_on_unchanged(dropo
     rules = {"tau": 1.15, "max_steps": 90, "done": "sample"}
     params = np.random.default_rng(1).normal(0, 0.5, (24, param_count(Z, HIDDEN)))
     seeds = list(range(100, 124))
-    dream = BatchedDream(mdnrnn, STARTS, **rules)
+    dream = BatchedDream(mdnrnn, STARTS, device=device, **rules)
     batched, steps = dream.rollout(params, seeds, with_steps=True)
+    mdnrnn.cpu()
     assert dream.batch <= 3 and steps.min() < 10 and steps.max() > 40  # it did shrink
     env = DreamEnv(mdnrnn, STARTS, **rules)
     single = [_single_returns(env, params[i].astype(np.float32), s)

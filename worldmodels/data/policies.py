@@ -66,15 +66,14 @@ class RepeatPolicy:
     MAX_HOLD = 10
 
     def __init__(self, seed: int, actions: ActionSpace = CARRACING.actions):
-        self.rng = np.random.default_rng(seed)
-        self.low, self.high = actions.low, actions.high
-        self.action = self.low
+        self.random = RandomPolicy(seed, actions)  # draws the actions and the holds
+        self.action = np.zeros(actions.size, np.float32)
         self.left = 0  # steps the current action is still held
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         if self.left == 0:
-            self.action = self.rng.uniform(self.low, self.high).astype(np.float32)
-            self.left = int(self.rng.integers(1, self.MAX_HOLD + 1))
+            self.action = self.random(obs)
+            self.left = int(self.random.rng.integers(1, self.MAX_HOLD + 1))
         self.left -= 1
         return self.action.copy()
 

@@ -111,9 +111,7 @@ class BatchedDream:
         on = {"device": self.device}
         self.x = torch.zeros(batch, z + h + self.actions.size, **on)  # [z, h, a]: M's and C's input
         self.c = torch.zeros(batch, h, **on)
-        self.gates = torch.empty(batch, 4 * h, **on)
-        self.head_out = torch.empty(batch, self.w_heads.shape[1], **on)
-        self.x_masked = torch.empty_like(self.x)
+        self._allocate_scratch()
         # Drawn on the CPU by the rows' generators; on another device, copied once a chunk.
         self.cpu_noise = torch.empty(2, batch, CHUNK, z)
         self.cpu_coins = torch.empty(batch, CHUNK)  # used by the `sample` done rule only
@@ -121,6 +119,12 @@ class BatchedDream:
         self.noise = self.cpu_noise if on_cpu else torch.empty(2, batch, CHUNK, z, **on)
         self.coins = self.cpu_coins if on_cpu else torch.empty(batch, CHUNK, **on)
         self.uniform, self.normal = self.noise.unbind(0)
+
+    def _allocate_scratch(self) -> None:
+        """The step's work buffers, one row per dream of the batch (`self.x`)."""
+        self.gates = torch.empty(len(self.x), 4 * self.hidden, device=self.device)
+        self.head_out = torch.empty(len(self.x), self.w_heads.shape[1], device=self.device)
+        self.x_masked = torch.empty_like(self.x)
 
     @property
     def z(self) -> Tensor:
@@ -256,9 +260,7 @@ class BatchedDream:
             self.noise, self.coins = self.noise[:, rows], self.coins[rows]
         self.uniform, self.normal = self.noise.unbind(0)
         self.batch = len(rows)
-        self.gates = torch.empty(self.batch, self.gates.shape[1], device=self.device)
-        self.head_out = torch.empty(self.batch, self.head_out.shape[1], device=self.device)
-        self.x_masked = torch.empty_like(self.x)
+        self._allocate_scratch()
 
     @torch.inference_mode()
     def flops_per_step(self) -> int:
