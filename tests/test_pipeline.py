@@ -7,14 +7,16 @@ import time
 import imageio.v3 as iio
 import pytest
 
+from worldmodels import pipeline as pipeline_module
 from worldmodels.config import preset
 from worldmodels.errors import UserError
+from worldmodels.evolve.cmaes import evolve, load_state, save_state
 from worldmodels.logger import read_csv
 from worldmodels.pipeline import pipeline
 from worldmodels.run import RunPaths
 
 
-def test_tiny_pipeline_end_to_end_then_skips(tmp_path, ray_session):
+def test_tiny_pipeline_end_to_end_then_skips(tmp_path, ray_session, monkeypatch):
     run, data = tmp_path / "run", tmp_path / "data"
     tiny = preset("tiny")
     results = pipeline(run, "tiny", data=data, progress=False)
@@ -45,7 +47,17 @@ def test_tiny_pipeline_end_to_end_then_skips(tmp_path, ray_session):
     real = iio.imread(paths.videos / "real.mp4")
     assert real.shape[1:] == (256, 520, 3) and len(real) <= tiny.evaluate.max_steps
 
-    # Everything is there: a rerun skips every stage and changes nothing.
+    # Everything is there: a rerun skips every stage and changes nothing. Its evolve stage
+    # keeps the dream evolution ran in (as after `evolve --tau 2.5`), not config.json's.
+    state = load_state(paths.es_state)
+    state.config["tau"] = 2.5
+    save_state(paths.es_state, state)
+    taus = []
+
+    def record_then_evolve(run, config, **kwargs):
+        taus.append(config.tau)
+        return evolve(run, config, **kwargs)
+    monkeypatch.setattr(pipeline_module, "evolve", record_then_evolve)
     stamps = {p: p.stat().st_mtime_ns for p in (paths.vae, paths.mdnrnn, paths.controller,
                                                 paths.evaluation, paths.videos / "real.mp4")}
     start = time.perf_counter()
@@ -53,6 +65,7 @@ def test_tiny_pipeline_end_to_end_then_skips(tmp_path, ray_session):
     assert time.perf_counter() - start < 30
     assert again["controller"]["returns"] == results["controller"]["returns"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert taus == [2.5] and tiny.evolve.tau != 2.5
 
     with pytest.raises(UserError, match="made with --preset tiny"):
         pipeline(run, "small", data=data, progress=False)

@@ -23,7 +23,7 @@ from worldmodels.device import resolve_device
 from worldmodels.env.games import get_game
 from worldmodels.errors import UserError
 from worldmodels.evaluate import evaluate, record_real_video
-from worldmodels.evolve.cmaes import evolve
+from worldmodels.evolve.cmaes import evolve, evolved_config
 from worldmodels.evolve.workers import make_evaluator
 from worldmodels.iterate import iterate
 from worldmodels.plot import fitness_svg
@@ -103,7 +103,10 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     try:
         _say(progress, f"evolve {config.evolve.generations} generations in the "
                        f"{config.evolve.where}")
-        evolve(paths.root, config.evolve, resume=True, progress=progress, evaluator=evaluator)
+        # Once evolution has started, its dream is es.pickle's (evolve --tau/--done included).
+        evolve_config = dataclasses.replace(evolved_config(paths), workers=config.evolve.workers,
+                                            generations=config.evolve.generations)
+        evolve(paths.root, evolve_config, resume=True, progress=progress, evaluator=evaluator)
         if config.iterate.iterations:  # M and C change: the evaluations need fresh workers
             evaluator.close()
             _say(progress, f"iterate {config.iterate.iterations} times")
