@@ -59,3 +59,21 @@ def make_run(root: Path, gas_reward: bool = False, episodes: int = 3) -> Path:
             reward=np.zeros(t, np.float32), done=np.zeros(t, bool),
         ))
     return paths.root
+
+
+def evolve_elsewhere_then_record_taus(run: Path, module, monkeypatch) -> list[float]:
+    """Set es.pickle's tau to 2.5 (as after `evolve --tau 2.5`, config.json unchanged) and
+    make `module`'s evolve record the tau each call passes; returns that list."""
+    from worldmodels.evolve.cmaes import evolve, load_state, save_state
+
+    paths = RunPaths(run)
+    state = load_state(paths.es_state)
+    state.config["tau"] = 2.5
+    save_state(paths.es_state, state)
+    taus: list[float] = []
+
+    def record_then_evolve(run, config, **kwargs):
+        taus.append(config.tau)
+        return evolve(run, config, **kwargs)
+    monkeypatch.setattr(module, "evolve", record_then_evolve)
+    return taus

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from fake_run import evolve_elsewhere_then_record_taus
 
 import worldmodels.iterate as iterate_module
 from worldmodels.cli import main
@@ -22,7 +23,7 @@ from worldmodels.config import (
     save_json,
 )
 from worldmodels.data.rollouts import read_episode, validate_dir
-from worldmodels.evolve.cmaes import evolve, load_es, load_state, save_state
+from worldmodels.evolve.cmaes import evolve, load_es, load_state
 from worldmodels.evolve.cmaes import restart as restart_es
 from worldmodels.iterate import AGENT_SEED, episode_plan, iterate
 from worldmodels.logger import read_csv
@@ -176,15 +177,7 @@ def test_iterations_evolve_in_the_dream_evolve_ran_in(base_run, tmp_path, monkey
     # As after `evolve --tau 2.5`: es.pickle, not config.json, holds the dream's settings.
     run, data = _copy(base_run, tmp_path)
     paths = RunPaths(run)
-    state = load_state(paths.es_state)
-    state.config["tau"] = 2.5
-    save_state(paths.es_state, state)
-    taus = []
-
-    def record_then_evolve(run, config, **kwargs):
-        taus.append(config.tau)
-        return evolve(run, config, **kwargs)
-    monkeypatch.setattr(iterate_module, "evolve", record_then_evolve)
+    taus = evolve_elsewhere_then_record_taus(run, iterate_module, monkeypatch)
     iterate(run, CONFIG.iterate, data, progress=False)
     assert CONFIG.evolve.tau != 2.5
     assert taus == [2.5] and load_state(paths.es_state).config["tau"] == 2.5

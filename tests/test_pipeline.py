@@ -6,11 +6,11 @@ import time
 
 import imageio.v3 as iio
 import pytest
+from fake_run import evolve_elsewhere_then_record_taus
 
 from worldmodels import pipeline as pipeline_module
 from worldmodels.config import preset
 from worldmodels.errors import UserError
-from worldmodels.evolve.cmaes import evolve, load_state, save_state
 from worldmodels.logger import read_csv
 from worldmodels.pipeline import pipeline
 from worldmodels.run import RunPaths
@@ -49,15 +49,7 @@ def test_tiny_pipeline_end_to_end_then_skips(tmp_path, ray_session, monkeypatch)
 
     # Everything is there: a rerun skips every stage and changes nothing. Its evolve stage
     # keeps the dream evolution ran in (as after `evolve --tau 2.5`), not config.json's.
-    state = load_state(paths.es_state)
-    state.config["tau"] = 2.5
-    save_state(paths.es_state, state)
-    taus = []
-
-    def record_then_evolve(run, config, **kwargs):
-        taus.append(config.tau)
-        return evolve(run, config, **kwargs)
-    monkeypatch.setattr(pipeline_module, "evolve", record_then_evolve)
+    taus = evolve_elsewhere_then_record_taus(run, pipeline_module, monkeypatch)
     stamps = {p: p.stat().st_mtime_ns for p in (paths.vae, paths.mdnrnn, paths.controller,
                                                 paths.evaluation, paths.videos / "real.mp4")}
     start = time.perf_counter()
