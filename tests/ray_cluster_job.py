@@ -14,7 +14,9 @@ from fake_run import make_run
 from ray.cluster_utils import Cluster
 
 from worldmodels.cli import main
+from worldmodels.config import EvolveConfig, PipelineConfig, save_json
 from worldmodels.data.rollouts import read_episode
+from worldmodels.run import RunPaths
 
 
 def _episodes(directory: Path) -> list:
@@ -26,8 +28,12 @@ def run(tmp: Path) -> dict:
     assert main([*collect, "--out", str(tmp / "local"), "--workers", "0"]) == 0
     evolve = ["evolve", "--generations", "2", "--popsize", "4", "--rollouts", "2",
               "--max-steps", "10"]
+    # One short real check after the last generation (the default, 8 full episodes, would
+    # take minutes): it still runs on the cluster's workers.
+    tiny_check = PipelineConfig(evolve=EvolveConfig(
+        real_eval_every=2, real_eval_episodes=1, real_eval_max_steps=20))
     for name in ("local", "cluster"):
-        make_run(tmp / f"run_{name}", gas_reward=True)
+        save_json(tiny_check, RunPaths(make_run(tmp / f"run_{name}", gas_reward=True)).config)
     assert main([*evolve, "--run", str(tmp / "run_local"), "--workers", "0"]) == 0
 
     cluster = Cluster(initialize_head=True, head_node_args={
