@@ -65,6 +65,16 @@ def test_dying_ends_a_collected_episode_with_done_and_the_time_limit_does_not():
     np.testing.assert_array_equal(short.action, episode.action[:15])  # seeded
 
 
+def test_a_hit_that_does_not_kill_flashes_the_screen_red():
+    # vizdoom's own take_cover.cfg hides the flash; without it a hit leaves no trace on screen.
+    env = DOOM.make_env()
+    episode = run_episode(env, "random", 0, DOOM)  # this player is hit and lives on
+    env.close()
+    frames = episode.obs.astype(np.float32)
+    red_excess = frames[..., 0].mean((1, 2)) - frames[..., 1].mean((1, 2))
+    assert red_excess[:20].max() < 10 and red_excess.max() > 100
+
+
 def test_collect_env_doom_writes_valid_one_action_episodes(tmp_path):
     paths = collect(tmp_path, CollectConfig(
         episodes=2, max_steps=12, policy="random", workers=0), progress=False,
