@@ -60,6 +60,29 @@ def test_random_baseline_and_video_via_cli(tmp_path, capsys):
     assert frames.shape[:3] == (12, 256, 520)  # real | reconstruction, 4x upscaled
 
 
+def test_the_run_s_evaluation_is_not_replaced_by_other_episodes(tmp_path, capsys):
+    run = _run_with_controller(tmp_path)
+    paths = RunPaths(run)
+    play = ["evaluate", "--run", str(run), "--workers", "0", "--max-steps", "12"]
+    assert main([*play, "--episodes", "2"]) == 0
+    kept = paths.evaluation.read_text()
+    assert json.loads(kept)["max_steps"] == 12
+    for other in (["--episodes", "1"], ["--episodes", "2", "--seed", "9"],
+                  ["--episodes", "2", "--max-steps", "11"]):
+        capsys.readouterr()
+        assert main([*play, *other]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "evaluation.json holds 2 other episodes (from seed 1000000, up to 12 steps)" in err
+        assert err.endswith("give --out FILE") and len(err.splitlines()) == 1
+        assert paths.evaluation.read_text() == kept
+    elsewhere = tmp_path / "one.json"
+    assert main([*play, "--episodes", "1", "--out", str(elsewhere)]) == 0
+    assert str(elsewhere) in capsys.readouterr().out
+    assert json.loads(elsewhere.read_text())["episodes"] == 1
+    assert paths.evaluation.read_text() == kept
+    assert main([*play, "--episodes", "2"]) == 0  # the same episodes (say for a new C) replace it
+
+
 def test_missing_controller_is_a_one_line_error(tmp_path, capsys):
     run = make_run(tmp_path)
     assert main(["evaluate", "--run", str(run), "--episodes", "1", "--workers", "0"]) == 2

@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real envs each worker steps together (V, M, C batched over them)")
     p.add_argument("--video", type=Path, default=None,
                    help="also record the first episode (real | V's reconstruction): .mp4 or .gif")
+    p.add_argument("--out", type=Path, default=None,
+                   help="the summary's file (default RUN/evaluation.json, or "
+                        "RUN/evaluation_random.json; these are not replaced by other episodes)")
     _device(p)
     p.set_defaults(handler="worldmodels.evaluate:cli_evaluate")
 

@@ -5,7 +5,8 @@ Each step: V encodes the frame to (mu, logvar), z is sampled from them, C acts o
 the env steps, and M updates h with (z, action) (`worldmodels.agent`); each worker steps
 `envs_per_worker` envs at once. Episode i uses seed `seed + i` (for the track and for z's
 noise), so a result is reproducible. Writes RUN/evaluation.json (RUN/evaluation_random.json
-for `--policy random`), with each episode's return and step count.
+for `--policy random`), with each episode's return and step count; it never replaces them
+with a summary of other episodes (`--out` writes one elsewhere).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from worldmodels import atomic
 from worldmodels.agent import Agent, WorldModel, load_controller, run_episodes
-from worldmodels.config import EvaluateConfig, save_json
+from worldmodels.config import EvaluateConfig, load_json, save_json
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
 from worldmodels.evolve.workers import make_evaluator
@@ -36,6 +37,20 @@ def summarize(returns: np.ndarray, steps: np.ndarray, seeds: list[int], policy: 
             "std": float(returns.std()), "min": float(returns.min()),
             "max": float(returns.max()), "returns": [float(r) for r in returns],
             "steps": [int(n) for n in steps], "seeds": seeds}
+
+
+def episode_seeds(config: EvaluateConfig) -> list[int]:
+    return [config.seed + i for i in range(config.episodes)]
+
+
+def holds_episodes(summary: dict, seeds: list[int], max_steps: int) -> bool:
+    """Whether a saved summary scored these episodes (older summaries lack max_steps)."""
+    return summary.get("seeds") == seeds and summary.get("max_steps", max_steps) == max_steps
+
+
+def summary_path(paths: RunPaths, policy: str) -> Path:
+    """Where a run keeps its evaluation of `policy` (the pipeline's and `evaluate`'s default)."""
+    return paths.evaluation if policy == "controller" else paths.root / "evaluation_random.json"
 
 
 def episodes_key(params: np.ndarray | None, max_steps: int) -> str:
@@ -59,9 +74,11 @@ def load_finished(path: Path, key: str) -> dict[int, list]:
 
 def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
              address: str | None = None, video: Path | None = None,
-             progress: bool = True, evaluator=None, device: str = "cpu") -> dict:
-    """Run `config.episodes` real episodes; returns (and writes) the summary. `evaluator`
-    (optional, e.g. the pipeline's) replaces the one made from `config.workers`."""
+             progress: bool = True, evaluator=None, device: str = "cpu",
+             out: Path | None = None) -> dict:
+    """Run `config.episodes` real episodes; returns the summary and writes it to `out`
+    (default: the run's, `summary_path`). `evaluator` (optional, e.g. the pipeline's)
+    replaces the one made from `config.workers`."""
     if policy not in POLICIES:
         raise UserError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
     if config.episodes < 1:
@@ -74,8 +91,18 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
     if params is not None and params.shape != (world.param_count,):
         raise UserError(f"{paths.controller}: {params.shape} parameters, the run's M needs "
                         f"({world.param_count},)")
-    seeds = [config.seed + i for i in range(config.episodes)]
-    out = paths.evaluation if policy == "controller" else paths.root / "evaluation_random.json"
+    seeds = episode_seeds(config)
+    if out is None:
+        out = summary_path(paths, policy)
+        # The run's record of other episodes (say the pipeline's 100) is not replaced by a
+        # quick look at a few.
+        held = load_json(out) if out.exists() else None
+        if held is not None and not holds_episodes(held, seeds, config.max_steps):
+            raise UserError(
+                f"{out} holds {held.get('episodes')} other episodes (from seed "
+                f"{(held.get('seeds') or ['?'])[0]}, up to {held.get('max_steps', '?')} steps); "
+                f"this evaluation ({len(seeds)} from seed {seeds[0]}, up to {config.max_steps} "
+                f"steps) would replace them: give --out FILE")
     # Finished episodes survive an interrupt: their returns and steps are kept in a partial
     # file (rewritten atomically after each task), and a rerun plays only the rest.
     partial, key = out.with_suffix(".partial.json"), episodes_key(params, config.max_steps)
@@ -103,7 +130,7 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
             evaluator.close()
     summary = summarize(np.array([finished[s][0] for s in seeds]),
                         np.array([finished[s][1] for s in seeds]), seeds, policy)
-    summary["seconds"] = time.perf_counter() - start
+    summary["max_steps"], summary["seconds"] = config.max_steps, time.perf_counter() - start
     save_json(summary, out)
     partial.unlink(missing_ok=True)
     if video is not None:
@@ -144,9 +171,10 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     if args.envs_per_worker is not None:
         config.envs_per_worker = args.envs_per_worker
     s = evaluate(args.run, config, args.policy, args.address, args.video,
-                 device=str(resolve_device(args.device)))
+                 device=str(resolve_device(args.device)), out=args.out)
     print(f"evaluate ({s['policy']}): {s['mean']:.1f} +- {s['std']:.1f} over {s['episodes']} "
-          f"episodes (min {s['min']:.1f}, max {s['max']:.1f})")
+          f"episodes (min {s['min']:.1f}, max {s['max']:.1f}) -> "
+          f"{args.out or summary_path(paths, s['policy'])}")
     if args.video is not None:
         print(f"video: {args.video}")
     return 0

@@ -22,7 +22,13 @@ from worldmodels.data.collect import collect
 from worldmodels.device import resolve_device
 from worldmodels.env.games import get_game
 from worldmodels.errors import UserError
-from worldmodels.evaluate import evaluate, record_real_video
+from worldmodels.evaluate import (
+    episode_seeds,
+    evaluate,
+    holds_episodes,
+    record_real_video,
+    summary_path,
+)
 from worldmodels.evolve.cmaes import evolve, evolved_config
 from worldmodels.evolve.workers import make_evaluator
 from worldmodels.iterate import iterate
@@ -116,10 +122,10 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
                                        address, device, config.evaluate.envs_per_worker)
         random_eval = dataclasses.replace(
             config.evaluate, episodes=config.evaluate.random_episodes or config.evaluate.episodes)
-        for policy, out, eval_config in (
-                ("controller", paths.evaluation, config.evaluate),
-                ("random", paths.root / "evaluation_random.json", random_eval)):
-            if out.exists() and load_json(out).get("episodes") == eval_config.episodes:
+        for policy, eval_config in (("controller", config.evaluate), ("random", random_eval)):
+            out = summary_path(paths, policy)
+            if out.exists() and holds_episodes(load_json(out), episode_seeds(eval_config),
+                                               eval_config.max_steps):
                 _say(progress, f"evaluate ({policy}): done already")
                 results[policy] = load_json(out)
                 continue
