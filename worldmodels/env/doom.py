@@ -11,9 +11,8 @@ continuous value; only the real game sees the three buttons. Frames: the 320x240
 (no HUD) resized to 64x64, with the red flash of a hit, which vizdoom's own take_cover.cfg
 turns off. A hit takes 21 to 63 of the player's 100 health, so one to three hits kill:
 without the flash a hit that does not kill leaves no trace on screen, and neither V nor M can
-tell a player who may die at the next hit from one who has not been hit. The ViZDoom of the
-paper's day had no switch for the flash. `vizdoom` is an optional extra:
-`pip install 'worldmodels[doom]'`.
+tell a player who may die at the next hit from one who has not been hit. `vizdoom` is an
+optional extra: `pip install 'worldmodels[doom]'`.
 """
 
 from __future__ import annotations
