@@ -81,6 +81,11 @@ def test_the_run_s_evaluation_is_not_replaced_by_other_episodes(tmp_path, capsys
     assert json.loads(elsewhere.read_text())["episodes"] == 1
     assert paths.evaluation.read_text() == kept
     assert main([*play, "--episodes", "2"]) == 0  # the same episodes (say for a new C) replace it
+    paths.evaluation.write_text("[1, 2]")
+    capsys.readouterr()
+    assert main([*play, "--episodes", "2"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "evaluation.json: not an evaluation summary; move it away or give --out FILE")
 
 
 def test_missing_controller_is_a_one_line_error(tmp_path, capsys):

@@ -45,7 +45,8 @@ def episode_seeds(config: EvaluateConfig) -> list[int]:
 
 def holds_episodes(summary: dict, seeds: list[int], max_steps: int) -> bool:
     """Whether a saved summary scored these episodes (older summaries lack max_steps)."""
-    return summary.get("seeds") == seeds and summary.get("max_steps", max_steps) == max_steps
+    return (isinstance(summary, dict) and summary.get("seeds") == seeds
+            and summary.get("max_steps", max_steps) == max_steps)
 
 
 def summary_path(paths: RunPaths, policy: str) -> Path:
@@ -97,6 +98,8 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
         # The run's record of other episodes (say the pipeline's 100) is not replaced by a
         # quick look at a few.
         held = load_json(out) if out.exists() else None
+        if held is not None and not isinstance(held, dict):
+            raise UserError(f"{out}: not an evaluation summary; move it away or give --out FILE")
         if held is not None and not holds_episodes(held, seeds, config.max_steps):
             raise UserError(
                 f"{out} holds {held.get('episodes')} other episodes (from seed "
