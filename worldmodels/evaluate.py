@@ -43,8 +43,9 @@ def episode_seeds(config: EvaluateConfig) -> list[int]:
     return [config.seed + i for i in range(config.episodes)]
 
 
-def holds_episodes(summary: dict, seeds: list[int], max_steps: int) -> bool:
-    """Whether a saved summary scored these episodes (older summaries lack max_steps)."""
+def holds_episodes(summary: dict | None, seeds: list[int], max_steps: int) -> bool:
+    """Whether a saved summary (None: none saved) scored these episodes (older summaries
+    lack max_steps)."""
     return (isinstance(summary, dict) and summary.get("seeds") == seeds
             and summary.get("max_steps", max_steps) == max_steps)
 

@@ -124,10 +124,10 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
             config.evaluate, episodes=config.evaluate.random_episodes or config.evaluate.episodes)
         for policy, eval_config in (("controller", config.evaluate), ("random", random_eval)):
             out = summary_path(paths, policy)
-            if out.exists() and holds_episodes(load_json(out), episode_seeds(eval_config),
-                                               eval_config.max_steps):
+            held = load_json(out) if out.exists() else None
+            if holds_episodes(held, episode_seeds(eval_config), eval_config.max_steps):
                 _say(progress, f"evaluate ({policy}): done already")
-                results[policy] = load_json(out)
+                results[policy] = held
                 continue
             _say(progress, f"evaluate ({policy}): {eval_config.episodes} real episodes")
             results[policy] = evaluate(paths.root, eval_config, policy, progress=progress,
