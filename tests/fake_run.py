@@ -23,9 +23,10 @@ from worldmodels.run import RunPaths
 Z, HIDDEN = 32, 16
 
 
-def make_mdnrnn(gas_reward: bool = False, seed: int = 0, hidden: int = HIDDEN) -> MDNRNN:
+def make_mdnrnn(gas_reward: bool = False, seed: int = 0, hidden: int = HIDDEN,
+                mixture: str = "factorised") -> MDNRNN:
     torch.manual_seed(seed)
-    model = MDNRNN(MDNRNNConfig(hidden_size=hidden, gaussians=3))
+    model = MDNRNN(MDNRNNConfig(hidden_size=hidden, gaussians=3, mixture=mixture))
     if gas_reward:
         with torch.no_grad():
             for p in model.parameters():

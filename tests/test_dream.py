@@ -187,14 +187,17 @@ def _split_mask(mask: torch.Tensor | None):
     return torch.cat([mask[:, :Z], mask[:, Z + HIDDEN:]], 1), mask[:, Z:Z + HIDDEN]
 
 
-@pytest.mark.parametrize("tau,dropout,done", [
-    (0.1, 0.0, "threshold"), (1.0, 0.0, "threshold"), (1.5, 0.0, "threshold"),
-    (1.15, 0.2, "threshold"), (1.15, 0.0, "sample"), (1.15, 0.0, "likely")])
-def test_fused_dream_step_matches_the_plain_modules(tau, dropout, done):
-    mdnrnn = make_mdnrnn(seed=4)
+@pytest.mark.parametrize("tau,dropout,done,mixture", [
+    (0.1, 0.0, "threshold", "factorised"), (1.0, 0.0, "threshold", "factorised"),
+    (1.5, 0.0, "threshold", "factorised"), (1.15, 0.2, "threshold", "factorised"),
+    (1.15, 0.0, "sample", "factorised"), (1.15, 0.0, "likely", "factorised"),
+    (0.1, 0.0, "threshold", "joint"), (1.15, 0.0, "sample", "joint")])
+def test_fused_dream_step_matches_the_plain_modules(tau, dropout, done, mixture):
+    mdnrnn = make_mdnrnn(seed=4, mixture=mixture)
     mdnrnn.config.dropout = dropout
-    with torch.no_grad():
-        mdnrnn.mdn.linear.bias[: Z * 3].add_(40.0)  # shifted logits change no probability
+    with torch.no_grad():  # shifted logits change no probability
+        logits = slice(0, 3) if mixture == "joint" else slice(0, Z * 3)
+        mdnrnn.mdn.linear.bias[logits].add_(40.0)
     weight = 3.0
     dream = BatchedDream(mdnrnn, STARTS, tau=tau, max_steps=100, done=done,
                          done_pos_weight=weight)

@@ -13,16 +13,21 @@ from hypothesis import strategies as st
 from torch.distributions import (
     Bernoulli,
     Categorical,
+    Independent,
     MixtureSameFamily,
     MultivariateNormal,
     Normal,
 )
 
+from worldmodels.errors import UserError
 from worldmodels.models.mdn import (
     BivariateHead,
     BivariateParams,
+    JointMixtureHead,
+    JointMixtureParams,
     MixtureHead,
     MixtureParams,
+    mixture_head,
 )
 
 FAST = settings(max_examples=30, deadline=None)
@@ -54,6 +59,52 @@ def test_factorised_nll_equals_torch_distributions():
     expected = -reference.log_prob(target).sum(-1)
     assert p.nll(target).shape == (4, 3)
     torch.testing.assert_close(p.nll(target), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_joint_nll_equals_torch_distributions():
+    g = torch.Generator().manual_seed(3)
+    logit_pi, mu, log_sigma = (torch.randn(shape, generator=g) * scale for shape, scale in
+                               (((4, 3, 2), 2.0), ((4, 3, 2, 5), 1.0), ((4, 3, 2, 5), 0.5)))
+    p = JointMixtureParams(logit_pi, mu, log_sigma)
+    target = torch.randn(4, 3, 5) * 1.5
+    reference = MixtureSameFamily(Categorical(logits=logit_pi),
+                                  Independent(Normal(mu, log_sigma.exp()), 1))
+    assert p.nll(target).shape == (4, 3)
+    torch.testing.assert_close(p.nll(target), -reference.log_prob(target), rtol=1e-5, atol=1e-5)
+
+
+def test_the_joint_head_picks_one_component_for_all_dimensions():
+    # Two equally likely components at (-3, ..., -3) and (3, ..., 3), narrow: a joint sample
+    # has every dimension on the same side (the factorised form mixes sides), and its moments
+    # are the mixture's, also at another temperature.
+    n, dims = 20_000, 4
+    head = JointMixtureHead(8, dims, 2)
+    assert head.width == 2 * (1 + 2 * dims)
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.bias.copy_(torch.cat([torch.zeros(2), torch.full((dims,), -3.0),
+                                          torch.full((dims,), 3.0), torch.full((2 * dims,), -2.0)]))
+    p = head(torch.zeros(n, 8))
+    assert p.logit_pi.shape == (n, 2) and p.mu.shape == p.log_sigma.shape == (n, 2, dims)
+    torch.testing.assert_close(p.mean(), torch.zeros(n, dims))
+    for tau in (1.0, 1.5):
+        samples = p.sample(tau=tau, generator=torch.Generator().manual_seed(0))
+        signs = samples.sign()
+        assert (signs == signs[:, :1]).all()  # one pick per sample
+        assert abs(float((signs[:, 0] > 0).float().mean()) - 0.5) < 0.02
+        var = 9.0 + tau * math.exp(-4.0)  # between components + within one, sigma^2 tau
+        torch.testing.assert_close(samples.var(0), torch.full((dims,), var), rtol=0.03, atol=0)
+    factorised = MixtureParams(*(t.transpose(-1, -2) for t in (
+        p.logit_pi.unsqueeze(-1).expand(n, 2, dims), p.mu, p.log_sigma)))
+    f_signs = factorised.sample(generator=torch.Generator().manual_seed(0)).sign()
+    assert (f_signs != f_signs[:, :1]).any(1).float().mean() > 0.8  # 1 - 2 / 2^4 = 0.875
+
+
+def test_m_s_mixture_is_chosen_by_name():
+    assert isinstance(mixture_head("joint", 8, 4, 3), JointMixtureHead)
+    assert isinstance(mixture_head("factorised", 8, 4, 3), MixtureHead)
+    with pytest.raises(UserError, match="factorised, joint"):
+        mixture_head("full", 8, 4, 3)
 
 
 def test_bivariate_nll_equals_torch_distributions():

@@ -22,6 +22,7 @@ from worldmodels.data.latents import (
     read_latents,
     write_latents,
 )
+from worldmodels.env.dream import BatchedDream
 from worldmodels.logger import read_csv
 from worldmodels.models.mdnrnn import MDNRNN
 from worldmodels.run import RunPaths
@@ -192,10 +193,11 @@ def test_done_pos_weight_is_derived_from_the_data():
         np.log(0.5 / 39.5))
 
 
-def test_losses_fall_on_real_latents(encoded_run):
+@pytest.mark.parametrize("mixture", ["factorised", "joint"])
+def test_losses_fall_on_real_latents(encoded_run, mixture):
     episodes = [read_latents(p) for p in list_latents(RunPaths(encoded_run).latents)]
     sampler = SequenceSampler(episodes, seq_len=TINY.seq_len)
-    config = MDNRNNConfig(**vars(TINY))
+    config = MDNRNNConfig(**{**vars(TINY), "mixture": mixture})
     torch.manual_seed(0)
     model = MDNRNN(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -274,12 +276,24 @@ def test_bad_input_is_one_line_and_exit_2(encoded_run, tmp_path, capsys):
     # Another dropout or window setting than the checkpoint's, or a dropout out of range.
     save_json(spec, run / "mdnrnn.json")
     for flags, named in ((["--dropout", "0.1"], "dropout 0.0"), (["--seq-len", "8"], "seq_len"),
-                         (["--no-carry-state"], "carry_state")):
+                         (["--no-carry-state"], "carry_state"),
+                         (["--mixture", "joint"], "mixture")):
         assert main(["train-mdnrnn", "--run", str(run), "--epochs", "2", "--resume",
                      *flags]) == 2
         assert named in _one_error_line(capsys)
     assert main(["train-mdnrnn", "--run", str(run), "--dropout", "1.0", "--resume"]) == 2
     assert "[0, 1)" in _one_error_line(capsys)
+
+
+def test_m_with_a_joint_mixture_trains_and_dreams(encoded_run, tmp_path):
+    run = _copy_run(encoded_run, tmp_path, MDNRNNConfig(**vars(TINY)))
+    assert main(["train-mdnrnn", "--run", str(run), "--epochs", "2", "--mixture", "joint"]) == 0
+    rows = read_csv(run / "logs" / "mdnrnn.csv")
+    assert all(np.isfinite(row["valid_z_nll"]) for row in rows)
+    world = WorldModel.from_run(run)
+    assert world.mdnrnn().config.mixture == "joint"
+    dream = BatchedDream(world.mdnrnn(), world.starts(), max_steps=20)
+    assert np.isfinite(dream.rollout(np.zeros((2, world.param_count)), [0, 1])).all()
 
 
 def test_training_with_dropout_and_carried_state_runs_and_resumes_exactly(encoded_run,

@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=None)
     p.add_argument("--dropout", type=float, default=None,
                    help="variational dropout on M's input and state, also in the dream [0, 1)")
+    p.add_argument("--mixture", choices=["factorised", "joint"], default=None,
+                   help="z_{t+1}'s head: a mixture per dimension (the paper) or one over all of z")
     p.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=None,
                    help="carry the LSTM state across windows of an episode (long horizon)")
     p.add_argument("--resume", action="store_true", help="continue the M checkpoint in --run")

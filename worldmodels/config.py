@@ -60,7 +60,10 @@ class MDNRNNConfig:
     hidden_size: int = 256
     """LSTM units."""
     gaussians: int = 5
-    """Mixture components per latent dimension."""
+    """Mixture components (per latent dimension when factorised)."""
+    mixture: str = "factorised"
+    """The head for z_{t+1}: `factorised` (the paper: each dimension its own mixture, picked
+    independently) or `joint` (K diagonal Gaussians over all of z, one pick per step)."""
     epochs: int = 20
     seq_len: int = 100
     """Steps per window of truncated backpropagation."""

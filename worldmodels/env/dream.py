@@ -69,7 +69,7 @@ class BatchedDream:
         if c.action_size != actions.size:
             raise ValueError(f"M takes {c.action_size} actions, the game has {actions.size}")
         self.actions = actions
-        self.z_size, self.hidden, self.k = c.z_size, c.hidden_size, c.gaussians
+        self.z_size, self.hidden = c.z_size, c.hidden_size
         self.tau, self.max_steps = check_tau(tau), max_steps
         self.sample_done = check_done_rule(done) == "sample"
         self.done_shift = math.log(done_pos_weight)  # the head's logit minus this: calibrated
@@ -89,7 +89,7 @@ class BatchedDream:
             h4 = slice(2 * c.hidden_size, 3 * c.hidden_size)
             self.w_lstm[:, h4] *= 2.0
             self.b_lstm[h4] *= 2.0
-            # One matmul for all heads: mixture (3 * Z * K), reward, done.
+            # One matmul for all heads: mixture, reward, done.
             heads = [mdnrnn.mdn.linear, mdnrnn.reward, mdnrnn.done]
             w_heads = torch.cat([m.weight for m in heads]).T
             self.head_width = w_heads.shape[1]
@@ -97,8 +97,8 @@ class BatchedDream:
             pad = -w_heads.shape[1] % 16  # matmuls run faster on widths that are multiples of 16
             self.w_heads = torch.nn.functional.pad(w_heads, (0, pad)).contiguous()
             self.b_heads = torch.nn.functional.pad(b_heads, (0, pad)).contiguous()
-        self.n_mix = z * self.k
         self.mixture_head = mdnrnn.mdn
+        self.mix_width = mdnrnn.mdn.width  # the head's outputs; reward and done come after
         self.dropout = c.dropout
         self.batch = 0
 
@@ -193,13 +193,13 @@ class BatchedDream:
         h.mul_(2.0).sub_(1.0).mul_(o)
         # Heads, then z_{t+1} from the MDN core's own sampler with this step's noise.
         out = torch.addmm(self.b_heads, h, self.w_heads, out=self.head_out)
-        n = self.n_mix
-        reward, done_logit = out[:, 3 * n].clone(), out[:, 3 * n + 1]
+        w = self.mix_width
+        reward, done_logit = out[:, w].clone(), out[:, w + 1]
         if self.sample_done:
             done = self.coins[:, slot] < torch.sigmoid(done_logit - self.done_shift)
         else:
             done = done_logit > self.done_cut
-        mixture = self.mixture_head.params_from(out[:, : 3 * n])
+        mixture = self.mixture_head.params_from(out[:, :w])
         self.z.copy_(mixture.sample_with(self.uniform[:, slot], self.normal[:, slot], self.tau))
         self.t += 1
         return reward, done

@@ -1,8 +1,12 @@
 """The one mixture-density core: heads, exact log-likelihoods, and sampling.
 
-Two forms share the same conventions:
-- factorised (World Models M): each of D dimensions has its own mixture of K univariate
-  Gaussians. Params have shape (..., D, K).
+Three forms share the same conventions:
+- factorised (World Models M, as in the paper): each of D dimensions has its own mixture of
+  K univariate Gaussians. Params have shape (..., D, K).
+- joint (World Models M, `mdnrnn.mixture: joint`): K diagonal Gaussians over all D
+  dimensions, picked together: one component per sample, so an event that moves many
+  dimensions at once (a fireball appearing) is one component, not D independent picks.
+  Params have shape (..., K) and (..., K, D).
 - bivariate (Graves handwriting): K bivariate Gaussians over (dx, dy), with correlation
   rho, plus a Bernoulli end-of-stroke. Params have shape (..., K) and (..., K, 2).
 
@@ -125,6 +129,11 @@ class MixtureHead(nn.Module):
         self.dims, self.components = dims, components
         self.linear = nn.Linear(in_features, 3 * dims * components)
 
+    @property
+    def width(self) -> int:
+        """Outputs of the linear layer."""
+        return self.linear.out_features
+
     def forward(self, features: Tensor) -> MixtureParams:
         return self.params_from(self.linear(features))
 
@@ -133,6 +142,85 @@ class MixtureHead(nn.Module):
         that output itself, fused with the other heads)."""
         logit_pi, mu, raw_log_sigma = out.unflatten(-1, (3, self.dims, self.components)).unbind(-3)
         return MixtureParams(logit_pi, mu, _bounded_log_sigma(raw_log_sigma))
+
+
+# --------------------------------------------------------------------- joint
+@dataclass
+class JointMixtureParams:
+    """K diagonal Gaussians over D dims: logit_pi (..., K), mu and log_sigma (..., K, D)."""
+
+    logit_pi: Tensor
+    mu: Tensor
+    log_sigma: Tensor
+
+    def nll(self, target: Tensor) -> Tensor:
+        """-log p(target): target (..., D) -> (...)."""
+        z = (target.unsqueeze(-2) - self.mu) * torch.exp(-self.log_sigma)
+        log_normal = (-0.5 * z.square() - self.log_sigma - 0.5 * _LOG_2PI).sum(-1)  # (..., K)
+        return -torch.logsumexp(F.log_softmax(self.logit_pi, dim=-1) + log_normal, dim=-1)
+
+    def sample(self, tau: float = 1.0, bias: float = 0.0,
+               generator: torch.Generator | None = None) -> Tensor:
+        """One sample of all D dims: (..., D)."""
+        like = self.mu
+        shape = like.shape[:-2] + like.shape[-1:]
+        uniform = torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
+        normal = torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+        return self.sample_with(uniform, normal, tau, bias)
+
+    def sample_with(self, uniform: Tensor, normal: Tensor, tau: float = 1.0,
+                    bias: float = 0.0) -> Tensor:
+        """The sample that the given noise makes, with the factorised form's noise shapes (so
+        the dream draws the same noise for either): uniform (..., D), of which only the first
+        column picks the one component; normal (..., D); returns (..., D)."""
+        k = pick_component(_adjust_logits(self.logit_pi, tau, bias), uniform[..., 0])
+        pick = k[..., None, None].expand(*k.shape, 1, self.mu.shape[-1])
+        mu = self.mu.gather(-2, pick).squeeze(-2)
+        log_sigma = self.log_sigma.gather(-2, pick).squeeze(-2)
+        return _adjust_log_sigma(log_sigma, tau, bias).exp_().mul_(normal).add_(mu)
+
+    def mean(self) -> Tensor:
+        """The mixture mean: (..., D)."""
+        return (F.softmax(self.logit_pi, dim=-1).unsqueeze(-1) * self.mu).sum(-2)
+
+
+class JointMixtureHead(nn.Module):
+    """features (..., F) -> JointMixtureParams: K components over D dims (K + 2 K D outputs)."""
+
+    def __init__(self, in_features: int, dims: int, components: int):
+        super().__init__()
+        self.dims, self.components = dims, components
+        self.linear = nn.Linear(in_features, components * (1 + 2 * dims))
+
+    @property
+    def width(self) -> int:
+        """Outputs of the linear layer."""
+        return self.linear.out_features
+
+    def forward(self, features: Tensor) -> JointMixtureParams:
+        return self.params_from(self.linear(features))
+
+    def params_from(self, out: Tensor) -> JointMixtureParams:
+        """The linear layer's output (..., K + 2 K D) -> JointMixtureParams."""
+        k = self.components
+        mu, raw_log_sigma = out[..., k:].unflatten(-1, (2, k, self.dims)).unbind(-3)
+        return JointMixtureParams(out[..., :k], mu, _bounded_log_sigma(raw_log_sigma))
+
+
+MIXTURES = {"factorised": MixtureHead, "joint": JointMixtureHead}
+
+
+def check_mixture(name: str) -> str:
+    if name not in MIXTURES:
+        raise UserError(f"mdnrnn.mixture (--mixture) must be one of {', '.join(MIXTURES)}, "
+                        f"got {name!r}")
+    return name
+
+
+def mixture_head(name: str, in_features: int, dims: int,
+                 components: int) -> MixtureHead | JointMixtureHead:
+    """M's head for z_{t+1} by its form's name (`mdnrnn.mixture`)."""
+    return MIXTURES[check_mixture(name)](in_features, dims, components)
 
 
 # --------------------------------------------------------------------- bivariate

@@ -1,5 +1,6 @@
-"""M: an LSTM over [z_t, a_t] with a factorised mixture head for z_{t+1}, plus reward and
-done heads, which the dream needs to hand out rewards and end episodes.
+"""M: an LSTM over [z_t, a_t] with a mixture head for z_{t+1} (factorised per dimension as in
+the paper, or joint: `config.mixture`), plus reward and done heads, which the dream needs to
+hand out rewards and end episodes.
 
 Dropout (config.dropout = p > 0), as in "Dropout's Dream Land" (Wellmer and Kwok, 2021):
 variational masks on the LSTM's input [z, a] and on its recurrent state h, one mask per
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from worldmodels.config import MDNRNNConfig
 from worldmodels.errors import UserError
-from worldmodels.models.mdn import MixtureHead, MixtureParams
+from worldmodels.models.mdn import JointMixtureParams, MixtureParams, mixture_head
 
 # (h, c): each (B, hidden) for step(), (1, B, hidden) for forward()
 LSTMState = tuple[Tensor, Tensor]
@@ -43,17 +44,17 @@ class MDNRNN(nn.Module):
         self.config = c = config or MDNRNNConfig()
         check_dropout(c.dropout)
         self.lstm = nn.LSTM(c.z_size + c.action_size, c.hidden_size, batch_first=True)
-        self.mdn = MixtureHead(c.hidden_size, c.z_size, c.gaussians)
+        self.mdn = mixture_head(c.mixture, c.hidden_size, c.z_size, c.gaussians)
         self.reward = nn.Linear(c.hidden_size, 1)
         self.done = nn.Linear(c.hidden_size, 1)
 
-    def heads(self, h: Tensor) -> tuple[MixtureParams, Tensor, Tensor]:
+    def heads(self, h: Tensor) -> tuple[MixtureParams | JointMixtureParams, Tensor, Tensor]:
         """LSTM output (..., hidden) -> (mixture for z_{t+1}, reward, done logit)."""
         return self.mdn(h), self.reward(h).squeeze(-1), self.done(h).squeeze(-1)
 
     def forward(self, z: Tensor, action: Tensor, state: LSTMState | None = None,
                 masks: DropoutMasks | None = None):
-        """Sequences z (B, T, Z), action (B, T, A) -> (MixtureParams (B, T, Z, K),
+        """Sequences z (B, T, Z), action (B, T, A) -> (mixture params over (B, T),
         reward (B, T), done_logit (B, T), final state (h, c) each (1, B, H)).
 
         With `masks` (training with dropout) the LSTM is unrolled here with the masks applied

@@ -1,7 +1,7 @@
 """Train M (the MDN-RNN) on the encoded episodes of a run; resumable per epoch.
 
 Teacher forcing: each batch draws z ~ N(mu, exp(logvar)) for every step of its windows;
-step t sees (z_t, a_t) and is scored on z_{t+1} (factorised mixture NLL), reward_t (MSE)
+step t sees (z_t, a_t) and is scored on z_{t+1} (mixture NLL), reward_t (MSE)
 and done_t (BCE with a positive weight, since dones are rare). The training loss averages
 the NLL over latent dimensions (so the reward and done terms are not drowned out); the
 reported `z_nll` is per step, summed over dimensions, in nats.
@@ -48,6 +48,7 @@ from worldmodels.data.rollouts import split_holdout
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
 from worldmodels.logger import RunLogger
+from worldmodels.models.mdn import check_mixture
 from worldmodels.models.mdnrnn import MDNRNN, DropoutMasks, LSTMState, check_dropout
 from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
@@ -60,7 +61,7 @@ ONE_THREAD_BELOW = 64 * 256
 POSITION_BUCKETS = ((0, 100), (100, 300), (300, None))
 LOSSES = ("z_nll", "reward_mse", "done_bce")
 # Settings a checkpoint was trained with that a resumed run may not change.
-FIXED_ON_RESUME = ("seq_len", "carry_state", "dropout")
+FIXED_ON_RESUME = ("seq_len", "carry_state", "dropout", "mixture")
 
 
 @contextmanager
@@ -221,6 +222,7 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
                  progress: bool = True, device: str = "cpu") -> None:
     """Train (or with `resume`, continue) M of `run` on RUN/latents (made by `encode`)."""
     check_dropout(config.dropout)
+    check_mixture(config.mixture)
     paths = RunPaths(Path(run))
     paths.writable()
     paths.require(paths.vae, "train-vae")
@@ -338,6 +340,8 @@ def cli_train_mdnrnn(args: argparse.Namespace) -> int:
         config.dropout = args.dropout
     if args.carry_state is not None:
         config.carry_state = args.carry_state
+    if args.mixture is not None:
+        config.mixture = args.mixture
     train_mdnrnn(args.run, config, resume=args.resume, device=str(resolve_device(args.device)))
     print(f"train-mdnrnn: M -> {paths.mdnrnn}")
     return 0
