@@ -121,25 +121,31 @@ class MixtureParams:
         return (F.softmax(self.logit_pi, dim=-1) * self.mu).sum(-1)
 
 
-class MixtureHead(nn.Module):
-    """features (..., F) -> MixtureParams over D dims with K components each."""
+class _LinearHead(nn.Module):
+    """One linear layer whose `width` outputs `params_from` reads as a mixture (the dream
+    computes that output itself, fused with M's other heads)."""
 
-    def __init__(self, in_features: int, dims: int, components: int):
+    def __init__(self, in_features: int, dims: int, components: int, width: int):
         super().__init__()
         self.dims, self.components = dims, components
-        self.linear = nn.Linear(in_features, 3 * dims * components)
+        self.linear = nn.Linear(in_features, width)
 
     @property
     def width(self) -> int:
-        """Outputs of the linear layer."""
         return self.linear.out_features
 
-    def forward(self, features: Tensor) -> MixtureParams:
+    def forward(self, features: Tensor):
         return self.params_from(self.linear(features))
 
+
+class MixtureHead(_LinearHead):
+    """features (..., F) -> MixtureParams over D dims with K components each."""
+
+    def __init__(self, in_features: int, dims: int, components: int):
+        super().__init__(in_features, dims, components, 3 * dims * components)
+
     def params_from(self, out: Tensor) -> MixtureParams:
-        """The linear layer's output (..., 3 * D * K) -> MixtureParams (the dream computes
-        that output itself, fused with the other heads)."""
+        """The linear layer's output (..., 3 * D * K) -> MixtureParams."""
         logit_pi, mu, raw_log_sigma = out.unflatten(-1, (3, self.dims, self.components)).unbind(-3)
         return MixtureParams(logit_pi, mu, _bounded_log_sigma(raw_log_sigma))
 
@@ -184,21 +190,11 @@ class JointMixtureParams:
         return (F.softmax(self.logit_pi, dim=-1).unsqueeze(-1) * self.mu).sum(-2)
 
 
-class JointMixtureHead(nn.Module):
+class JointMixtureHead(_LinearHead):
     """features (..., F) -> JointMixtureParams: K components over D dims (K + 2 K D outputs)."""
 
     def __init__(self, in_features: int, dims: int, components: int):
-        super().__init__()
-        self.dims, self.components = dims, components
-        self.linear = nn.Linear(in_features, components * (1 + 2 * dims))
-
-    @property
-    def width(self) -> int:
-        """Outputs of the linear layer."""
-        return self.linear.out_features
-
-    def forward(self, features: Tensor) -> JointMixtureParams:
-        return self.params_from(self.linear(features))
+        super().__init__(in_features, dims, components, components * (1 + 2 * dims))
 
     def params_from(self, out: Tensor) -> JointMixtureParams:
         """The linear layer's output (..., K + 2 K D) -> JointMixtureParams."""
