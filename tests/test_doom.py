@@ -144,7 +144,7 @@ def test_controllers_of_a_one_action_game():
 
 
 @pytest.mark.slow
-def test_doom_tiny_pipeline_end_to_end_on_the_real_vizdoom(tmp_path, ray_session):
+def test_doom_tiny_pipeline_end_to_end_on_the_real_vizdoom(tmp_path, ray_session, capsys):
     run, data = tmp_path / "run", tmp_path / "data"
     tiny = preset("doom-tiny")
     results = pipeline(run, "doom-tiny", data=data, progress=False)
@@ -172,6 +172,16 @@ def test_doom_tiny_pipeline_end_to_end_on_the_real_vizdoom(tmp_path, ray_session
                  "--seed", "7", "--scale", "2"]) == 0
     assert iio.imread(video).shape == (12, 128, 260, 3)
     assert iio.immeta(video)["fps"] == 35  # the game's
+    # The random data policy in the dream beside its real episodes.
+    capsys.readouterr()
+    assert main(["dream-check", "--run", str(run), "--data", str(data), "--tau", "1", "1.5",
+                 "--dreams", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "the data policy 'random'" in lines[0]
+    assert lines[2].startswith(f"real ({tiny.collect.episodes})")
+    assert [line.split()[:3] for line in lines[3:]] == [["dream", "tau", "1"],
+                                                        ["dream", "tau", "1.5"]]
+    assert all(1 <= float(line.split()[3]) <= tiny.collect.max_steps for line in lines[3:])
 
 
 def test_latents_of_two_games_are_not_mixed_into_one_sampler():

@@ -218,6 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
     _device(p)
     p.set_defaults(handler="worldmodels.video:cli_dream_video")
 
+    p = sub.add_parser("dream-check", help="the data policy in M's dream and in the game: "
+                                           "is the dream as dangerous?")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--tau", type=_positive_float, nargs="+", default=None,
+                   help="dream temperatures to compare (default: the tau C evolved at)")
+    p.add_argument("--done", choices=DONE_RULES, default=None,
+                   help="the dream's done rule (default: the one C evolved with)")
+    p.add_argument("--dreams", type=_positive, default=256, help="dreams per temperature")
+    p.add_argument("--max-steps", type=_positive, default=None,
+                   help="steps per dream (default: the collected episodes' limit)")
+    p.add_argument("--data", type=Path, default=None, help="episode directory (default RUN/data)")
+    _device(p)
+    p.set_defaults(handler="worldmodels.dream_check:cli_dream_check")
+
     p = sub.add_parser("real-video", help="one real episode of the agent beside V's "
                                           "reconstruction")
     p.add_argument("--run", type=Path, required=True)
