@@ -4,8 +4,9 @@ as long, and earn as much, as its real episodes did. A dream in which it lives f
 teaches C a gentler game than the real one (C learns to exploit M); far shorter, and the
 dream kills every controller alike, so evolution has nothing to rank.
 
-This measures the dream on the run's own data, never on evaluation episodes, so it is how a
-temperature is chosen (`dream-check --tau 1.0 1.15 1.5`, then `evolve --tau`).
+It reads only the run's own data, never evaluation episodes. It is a diagnostic, not a way
+to choose tau: on Take Cover, the tau at which the data policy lived as long as in the game
+made a worse agent than the paper's 1.15 (README).
 """
 
 from __future__ import annotations
