@@ -23,10 +23,9 @@ from worldmodels.agent import WorldModel
 from worldmodels.data.policies import make_policy
 from worldmodels.data.rollouts import BadEpisodeError, list_episodes
 from worldmodels.device import resolve_device
-from worldmodels.env.dream import BatchedDream, check_done_rule
+from worldmodels.env.dream import BatchedDream
 from worldmodels.errors import UserError
 from worldmodels.evolve.cmaes import evolved_config
-from worldmodels.models.mdn import check_tau
 from worldmodels.npfiles import read_npz
 from worldmodels.run import RunPaths, load_run_config
 
@@ -74,8 +73,8 @@ def dream_episodes(world: WorldModel, policy: str, tau: float, done: str, dreams
     `seed + i` (as a collected episode is) until M's done rule ends it or `max_steps`; returns
     each dream's steps, return, and whether done ended it."""
     game = world.game
-    dream = BatchedDream(world.mdnrnn(device), world.starts(), check_tau(tau), max_steps, device,
-                         game.actions, check_done_rule(done), world.done_pos_weight)
+    dream = BatchedDream(world.mdnrnn(device), world.starts(), tau, max_steps, device,
+                         game.actions, done, world.done_pos_weight)  # it checks tau and done
     seeds = list(range(seed, seed + dreams))
     policies = [make_policy(policy, s, game) for s in seeds]
     dream.reset(seeds)

@@ -134,7 +134,7 @@ class _LinearHead(nn.Module):
     def width(self) -> int:
         return self.linear.out_features
 
-    def forward(self, features: Tensor):
+    def forward(self, features: Tensor) -> MixtureParams | JointMixtureParams:
         return self.params_from(self.linear(features))
 
 
