@@ -10,7 +10,8 @@ from conftest import FakeCarRacing
 from fake_run import HIDDEN, Z, make_run
 
 from worldmodels.agent import Agent, WorldModel, run_episodes, starts_from_latents
-from worldmodels.env.carracing import PreprocessFrame
+from worldmodels.config import preset, save_json
+from worldmodels.env.carracing import CARRACING, PreprocessFrame
 from worldmodels.evolve.workers import RolloutWorker
 from worldmodels.models.controller import ACTION_HIGH, ACTION_LOW, param_count
 from worldmodels.run import RunPaths
@@ -112,3 +113,30 @@ def test_dream_starts_of_an_older_run_are_built_once(tmp_path):
     paths.dream_starts.write_bytes(b"junk")
     with pytest.raises(Exception, match="re-run `worldmodels encode`"):
         WorldModel.from_run(run)
+
+
+def test_a_cell_controller_acts_on_z_h_and_c_in_real_episodes(tmp_path):
+    # The reference: V, M and C's whole matrix stepped by hand over the recorded frames,
+    # with the episode's own z noise (a generator seeded with its seed).
+    run = make_run(tmp_path)
+    config = preset("tiny")
+    config.evolve.sees_cell = True
+    save_json(config, RunPaths(run).config)
+    world = WorldModel.from_run(run)
+    n_in = Z + 2 * HIDDEN
+    assert world.sees_cell and world.param_count == n_in * 3 + 3
+    params = np.random.default_rng(2).normal(0, 0.5, world.param_count).astype(np.float32)
+    agent = Agent.from_world(world)
+    [result] = run_episodes(_envs(1), [4], 40, agent, world.controllers(params), record=True)
+    vae, mdnrnn = world.vae(), world.mdnrnn()
+    matrix, bias = torch.from_numpy(params[: 3 * n_in].reshape(3, n_in)), torch.from_numpy(
+        params[3 * n_in :])
+    noise, state = torch.Generator().manual_seed(4), mdnrnn.initial_state(1)
+    with torch.inference_mode():
+        for frame, recorded in zip(result.episode.obs, result.episode.action, strict=True):
+            mu, logvar = vae.encode(torch.from_numpy(frame[None]))
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(Z, generator=noise)
+            x = torch.cat([z[0], state[0][0], state[1][0]])
+            action = CARRACING.actions.squash(matrix @ x + bias)
+            np.testing.assert_allclose(recorded, action.numpy(), atol=1e-5)
+            state = mdnrnn.step(z, action[None], state)

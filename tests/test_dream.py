@@ -9,6 +9,7 @@ from fake_run import HIDDEN, Z, make_mdnrnn, make_run
 from gymnasium.utils.env_checker import check_env
 
 from worldmodels.config import preset, save_json
+from worldmodels.env.carracing import CARRACING
 from worldmodels.env.dream import BatchedDream, DreamEnv
 from worldmodels.errors import UserError
 from worldmodels.models.controller import Controllers, param_count
@@ -280,3 +281,50 @@ def test_dropout_dreams_rows_independent_of_batch_and_differ_from_no_dropout():
 def test_non_finite_tau_is_a_user_error(tau):
     with pytest.raises(UserError, match="tau"):
         BatchedDream(make_mdnrnn(), STARTS, tau=tau)
+
+
+def _cell_params(n: int, seed: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 0.5, (n, param_count(Z, HIDDEN, sees_cell=True)))
+
+
+def test_a_controller_that_sees_the_cell_state_acts_on_z_h_and_c():
+    # The reference: C's whole matrix times [z, h, c] (c from the dream's state), one dream
+    # at a time, against the split weights of the batched rollout.
+    mdnrnn = make_mdnrnn(seed=2)
+    with torch.no_grad():
+        mdnrnn.done.bias.fill_(-2.0)
+    rules = {"tau": 1.15, "max_steps": 60, "done": "sample", "done_pos_weight": 0.2}
+    params, seeds = _cell_params(4), [7, 8, 9, 10]
+    batched, steps = BatchedDream(mdnrnn, STARTS, **rules).rollout(params, seeds, with_steps=True,
+                                                                   sees_cell=True)
+    env, n_in = DreamEnv(mdnrnn, STARTS, **rules), Z + 2 * HIDDEN
+    for i, seed in enumerate(seeds):
+        matrix = torch.from_numpy(params[i, : 3 * n_in].reshape(3, n_in)).float()
+        bias = torch.from_numpy(params[i, 3 * n_in :]).float()
+        obs, _ = env.reset(seed=seed)
+        total, n, ended = 0.0, 0, False
+        while not ended:
+            x = torch.cat([torch.from_numpy(obs), env.dream.c[0]])
+            action = CARRACING.actions.squash(matrix @ x + bias)
+            obs, reward, terminated, truncated, _ = env.step(action.numpy())
+            total, n, ended = total + reward, n + 1, terminated or truncated
+        assert n == steps[i] and total == pytest.approx(batched[i], rel=1e-4, abs=1e-5)
+
+
+def test_a_cell_controller_with_zero_cell_weights_is_the_plain_controller():
+    params = _cell_params(3)
+    n_in, plain_in = Z + 2 * HIDDEN, Z + HIDDEN
+    matrix = params[:, : 3 * n_in].reshape(3, 3, n_in)
+    matrix[:, :, plain_in:] = 0.0
+    plain = np.concatenate([matrix[:, :, :plain_in].reshape(3, -1), params[:, 3 * n_in :]], 1)
+    cell = np.concatenate([matrix.reshape(3, -1), params[:, 3 * n_in :]], 1)
+    rules = {"tau": 1.0, "max_steps": 30}
+    seeds = [1, 2, 3]
+    with_cell = BatchedDream(make_mdnrnn(seed=5), STARTS, **rules).rollout(cell, seeds,
+                                                                          sees_cell=True)
+    without = BatchedDream(make_mdnrnn(seed=5), STARTS, **rules).rollout(plain, seeds)
+    np.testing.assert_allclose(with_cell, without, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="parameters for z .* \\+ c"):
+        Controllers(plain, Z, HIDDEN, sees_cell=True)
+    with pytest.raises(ValueError, match="cell state"):
+        Controllers(cell, Z, HIDDEN, sees_cell=True).act(torch.zeros(3, Z + HIDDEN))

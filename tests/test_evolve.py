@@ -288,3 +288,18 @@ def test_a_kill_between_the_csv_row_and_the_checkpoint_leaves_no_duplicate(tmp_p
     evolve(run, _config(generations=3), resume=True, progress=False)
     assert [r["step"] for r in read_csv(RunPaths(run).logs / "evolve.csv")] == [1, 2, 3]
     assert not stale.exists()
+
+
+def test_a_cell_reading_c_evolves_its_own_size_and_cannot_resume_a_plain_one(tmp_path):
+    run = make_run(tmp_path, gas_reward=True)
+    evolve(run, _config(generations=2), progress=False)
+    config = preset("tiny")
+    config.evolve.sees_cell = True
+    save_json(config, RunPaths(run).config)
+    needs = "over 147 parameters but the run's C \\(reading z, h and c\\) needs 195"
+    with pytest.raises(UserError, match=needs):
+        evolve(run, _config(generations=3), resume=True, progress=False)
+    RunPaths(run).es_state.unlink()
+    state = evolve(run, _config(generations=3), progress=False)
+    assert np.load(RunPaths(run).controller).shape == (param_count(32, 16, sees_cell=True),)
+    assert state.best_params[-2] > 0  # it learnt the gas, as the plain C does

@@ -104,6 +104,7 @@ class WorldModel:
     env: str = CARRACING.name  # the game (`--env`) the run learns
     done_pos_weight: float = 1.0  # the class weight M's done head trained with (the dream's
     # `sample` done rule undoes it)
+    sees_cell: bool = False  # C reads M's cell state too (evolve.sees_cell)
 
     @classmethod
     def from_run(cls, run: Path, with_vae: bool = True) -> WorldModel:
@@ -111,7 +112,8 @@ class WorldModel:
         paths.require(paths.vae, "train-vae")
         paths.require(paths.mdnrnn, "train-mdnrnn")
         mdnrnn, payload = checkpoint.load_model(paths.mdnrnn, MDNRNN, MDNRNNConfig)
-        game = get_game(load_run_config(paths).env if paths.config.exists() else CARRACING.name)
+        config = load_run_config(paths) if paths.config.exists() else None
+        game = get_game(config.env if config else CARRACING.name)
         if mdnrnn.config.action_size != game.actions.size:
             raise UserError(f"{paths.mdnrnn}: M was trained on {mdnrnn.config.action_size} "
                             f"actions but the run's --env {game.name} has {game.actions.size}; "
@@ -131,7 +133,7 @@ class WorldModel:
         pos_weight = payload.get("done_pos_weight", 1.0)
         require_finite(f"{paths.mdnrnn}: done_pos_weight", pos_weight, above=0)
         return cls(asdict(mdnrnn.config), mdnrnn.state_dict(), vae_config, vae_state, mu, logvar,
-                   game.name, float(pos_weight))
+                   game.name, float(pos_weight), bool(config and config.evolve.sees_cell))
 
     def mdnrnn(self, device: torch.device | str = "cpu") -> MDNRNN:
         model = MDNRNN(from_dict(MDNRNNConfig, self.mdnrnn_config))
@@ -162,10 +164,11 @@ class WorldModel:
 
     @property
     def param_count(self) -> int:
-        return param_count(self.z_size, self.hidden_size, self.game.actions.size)
+        return param_count(self.z_size, self.hidden_size, self.game.actions.size, self.sees_cell)
 
     def controllers(self, params: np.ndarray, device: torch.device | str = "cpu") -> Controllers:
-        return Controllers(params, self.z_size, self.hidden_size, device, self.game.actions)
+        return Controllers(params, self.z_size, self.hidden_size, device, self.game.actions,
+                           self.sees_cell)
 
 
 @contextlib.contextmanager
@@ -210,7 +213,7 @@ class Agent:
         driven by controller rows[i]."""
         mu, logvar = self.vae.encode(torch.from_numpy(frames).to(self.device))
         z = mu + torch.exp(0.5 * logvar) * z_noise.to(self.device)
-        action = controllers.act(torch.cat([z, state[0]], 1), rows)
+        action = controllers.act(torch.cat([z, state[0]], 1), rows, cell=state[1])
         if action_noise is not None:
             low, high = (torch.from_numpy(b).to(self.device)
                          for b in (self.actions.low, self.actions.high))

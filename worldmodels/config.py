@@ -96,6 +96,8 @@ class EvolveConfig:
     rollouts: int = 16
     """Rollouts per candidate; fitness is their mean return."""
     sigma0: float = 0.1
+    sees_cell: bool = False
+    """C reads M's cell state c as well as [z, h], as the paper's Take Cover agent did."""
     tau: float = 1.15
     """Dream temperature."""
     done: str = "threshold"

@@ -206,16 +206,18 @@ class BatchedDream:
 
     @torch.inference_mode()
     def drive(self, controllers: Controllers) -> tuple[Tensor, Tensor]:
-        """One step with row i driven by controller i: C acts on [z, h], then `step`."""
-        return self.step(controllers.act(self.obs))
+        """One step with row i driven by controller i: C acts on [z, h] (and c), then `step`."""
+        return self.step(controllers.act(self.obs, cell=self.c))
 
     @torch.inference_mode()
     def rollout(self, params: Tensor | np.ndarray, seeds: list[int] | np.ndarray,
-                with_steps: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Each row driven by its own controller params (B, P): total dream reward per row
-        (and, `with_steps`, the steps it ran). A row stops adding reward after its first
-        done; all stop at `max_steps`."""
-        controllers = Controllers(params, self.z_size, self.hidden, self.device, self.actions)
+                with_steps: bool = False, sees_cell: bool = False
+                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Each row driven by its own controller params (B, P) (that `sees_cell` or not):
+        total dream reward per row (and, `with_steps`, the steps it ran). A row stops adding
+        reward after its first done; all stop at `max_steps`."""
+        controllers = Controllers(params, self.z_size, self.hidden, self.device, self.actions,
+                                  sees_cell)
         self.reset(seeds)
         n = self.batch
         final_total = torch.zeros(n, device=self.device)

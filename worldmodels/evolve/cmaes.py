@@ -192,8 +192,9 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
         es = new_es(np.zeros(n_params), config, config.seed)
         state = EvolveState(es.pickle_dumps(), 0, None, -np.inf, asdict(config))
     if es.N != n_params:
-        raise UserError(f"{paths.es_state}: CMA-ES over {es.N} parameters but the run's M "
-                        f"needs {n_params}")
+        sees = "z, h and c" if world.sees_cell else "z and h"
+        raise UserError(f"{paths.es_state}: CMA-ES over {es.N} parameters but the run's C "
+                        f"(reading {sees}) needs {n_params}")
     if state.generation >= config.generations:
         if progress:
             tqdm.write(f"evolve: {paths.es_state} already has {state.generation} generations")

@@ -68,7 +68,8 @@ class RolloutWorker:
                                                   max_steps, self.device,
                                                   self.world.game.actions, done,
                                                   self.world.done_pos_weight)}
-            returns, steps = self._dreams[key].rollout(params[rows], seeds, with_steps=True)
+            returns, steps = self._dreams[key].rollout(params[rows], seeds, with_steps=True,
+                                                       sees_cell=self.world.sees_cell)
             return np.stack([returns, steps], 1).astype(np.float64)
         controllers = None
         if params is not None:
