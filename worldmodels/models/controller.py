@@ -68,10 +68,6 @@ class Controllers:
             subset.weight_cell = self.weight_cell[rows]
         return subset
 
-    @property
-    def sees_cell(self) -> bool:
-        return self.weight_cell is not None
-
     def act(self, obs: Tensor, rows: Tensor | None = None, cell: Tensor | None = None) -> Tensor:
         """obs [z, h] (B, Z + H) and M's cell state (B, H) -> actions (B, A); row i goes to
         controller rows[i] (default i; a single controller serves every row). `cell` is read
