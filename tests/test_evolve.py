@@ -243,10 +243,11 @@ def test_es_pickle_garbage_and_code_are_one_line_and_nothing_runs(tmp_path, caps
 
 
 
-@pytest.mark.parametrize("dimension", [50, 867])  # cma adapts sigma by CSA, and by TPA >= 300
-def test_a_cma_state_of_any_size_loads_through_the_safe_unpickler(dimension):
+# cma adapts sigma by CSA, and by TPA >= 300 dimensions; it keeps no archive from popsize 33
+@pytest.mark.parametrize("dimension,popsize", [(50, 8), (867, 8), (20, 64)])
+def test_a_cma_state_of_any_size_loads_through_the_safe_unpickler(dimension, popsize):
     es = cma.CMAEvolutionStrategy(np.zeros(dimension), 0.1,
-                                  {"popsize": 8, "seed": 3, "verbose": -9})
+                                  {"popsize": popsize, "seed": 3, "verbose": -9})
     for _ in range(3):
         solutions = es.ask()
         es.tell(solutions, [float(np.sum(np.square(x))) for x in solutions])
