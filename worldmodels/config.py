@@ -279,7 +279,7 @@ def _preset_doom_small() -> PipelineConfig:
     # The best Take Cover agent 2 cores make in about an hour, trained only in the dream.
     return _doom(
         "doom-small",
-        # 2,000 random episodes (~370k frames) for M: its agents beat 600 episodes' by 59 and
+        # 2,000 random episodes (~435k frames) for M: its agents beat 600 episodes' by 59 and
         # 85 on two seeds, where 5,000 were level with 2,000 (README). V 5 epochs of 30k
         # frames: with 2 epochs V's held-out error was still falling fast and it blurred the
         # fireballs.
