@@ -291,7 +291,7 @@ def test_a_kill_between_the_csv_row_and_the_checkpoint_leaves_no_duplicate(tmp_p
     assert not stale.exists()
 
 
-def test_a_cell_reading_c_evolves_its_own_size_and_cannot_resume_a_plain_one(tmp_path):
+def test_a_c_reading_the_cell_state_evolves_its_own_size_and_cannot_resume_a_plain_one(tmp_path):
     run = make_run(tmp_path, gas_reward=True)
     evolve(run, _config(generations=2), progress=False)
     config = preset("tiny")
