@@ -5,6 +5,7 @@
     python scripts/bench.py train     # VAE images/s, MDN-RNN steps/s, train-vae peak RSS
     python scripts/bench.py dream     # batched dream steps/s vs CarRacing and vs matmul FLOP/s
     python scripts/bench.py evaluate  # evaluate frames/s per worker vs bare CarRacing steps/s
+    python scripts/bench.py threads   # V training on shared cores: OpenMP wait policies
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BENCHES = {"collect": "bench_collect", "train": "bench_train", "dream": "bench_dream",
-           "evaluate": "bench_evaluate"}
+           "evaluate": "bench_evaluate", "threads": "bench_threads"}
 
 
 def main() -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from fake_run import make_run
@@ -71,3 +75,17 @@ def test_bad_device_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "--device 'gpu0'" in err and len(err.splitlines()) == 1
     assert not (RunPaths(run).root / "x.gif").exists()
+
+
+@pytest.mark.parametrize(("given", "want"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_package_makes_openmp_threads_wait_passively_unless_the_user_chose(given, want):
+    # Set before torch loads (OpenMP reads it once then), so importing the package must not
+    # import torch; a policy the user exported is kept.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = ("import os, sys, worldmodels; assert 'torch' not in sys.modules; "
+            "print(os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == want

@@ -192,8 +192,9 @@ def _preset_tiny() -> PipelineConfig:
 
 
 def _preset_small() -> PipelineConfig:
-    # The best agent a 2-core machine makes in about 90 minutes (README): random-walk
-    # data, a first evolution, then ten rounds of the agent improving its own world model.
+    # The best agent measured on a 2-core machine, in about half an hour (README): random-walk
+    # data, a first evolution, then three rounds of the agent improving its own world model
+    # (ten rounds, 70 min, scored no better).
     return PipelineConfig(
         preset="small",
         collect=CollectConfig(episodes=200, max_steps=500, workers=2),
@@ -212,7 +213,7 @@ def _preset_small() -> PipelineConfig:
         # Each round: 40 real episodes of the agent (half with noise on C), M 20 more epochs
         # on all the data, CMA-ES 10 more generations in the new dream (restarted around the
         # agent) and a real check.
-        iterate=IterateConfig(iterations=10, episodes=40, max_steps=1000, mdnrnn_epochs=20,
+        iterate=IterateConfig(iterations=3, episodes=40, max_steps=1000, mdnrnn_epochs=20,
                               generations=10, workers=2),
     )
 
