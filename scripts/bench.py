@@ -5,7 +5,7 @@
     python scripts/bench.py train     # VAE images/s, MDN-RNN steps/s, train-vae peak RSS
     python scripts/bench.py dream     # batched dream steps/s vs CarRacing and vs matmul FLOP/s
     python scripts/bench.py evaluate  # evaluate frames/s per worker vs bare CarRacing steps/s
-    python scripts/bench.py threads   # V training on shared cores: OpenMP wait policies
+    python scripts/bench.py threads   # V and M training on shared cores: OpenMP wait policies
 """
 
 from __future__ import annotations
