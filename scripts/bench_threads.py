@@ -6,8 +6,9 @@ Each measurement is a fresh process timing bare Adam steps with torch's default 
 with OMP_WAIT_POLICY unset (OpenMP's default: a waiting thread spins a while before it
 sleeps) or PASSIVE (what importing `worldmodels` sets), once with the cores to itself and
 once beside a busy process that holds one core (as a second run or another job's Ray worker
-would). The models: V (z 64, batch 64) and M at the `medium` preset's shape (256 units,
-batch 64 x 100), the smallest M that trains on more than one thread. Ratios against the
+would). The steps are `bench.py train`'s bare ones: V (batch 64) and M at the `medium`
+preset's shape (256 units, batch 64 x 100), the smallest M that trains on more than one
+thread. Ratios against the
 default alone, measured in the same run: PASSIVE should cost little alone (~1.0), and
 beside a busy process it should keep about the one core left (~0.5).
 """
@@ -18,34 +19,37 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+# The child imports torch before anything from `worldmodels` (which would set PASSIVE), so
+# the policy each child runs under is the one its environment gives.
 CHILD = """
-import time, torch
-from worldmodels.config import MDNRNNConfig, VAEConfig
-from worldmodels.models.mdnrnn import MDNRNN
-from worldmodels.models.vae import ConvVAE
-torch.manual_seed(0)
-if {model!r} == "V":
-    model = ConvVAE(VAEConfig(z_size=64))
-    frames = torch.randint(0, 256, (64, 64, 64, 3), dtype=torch.uint8)
-    loss_of = lambda: model.loss(frames)[0]
-else:
-    model = MDNRNN(MDNRNNConfig(hidden_size=256))
-    z, action = torch.randn(64, 101, 32), torch.rand(64, 100, 3)
-    def loss_of():
-        mixture, reward, done, _ = model(z[:, :-1], action)
-        return mixture.nll(z[:, 1:]).mean() + reward.square().mean() + done.square().mean()
-optimizer = torch.optim.Adam(model.parameters(), 3e-4)
-for i in range({steps} + 2):
-    if i == 2:  # the first steps warm up allocators and kernels
-        start = time.perf_counter()
-    loss = loss_of()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-print({steps} / (time.perf_counter() - start))
+import sys, torch
+sys.path.insert(0, {scripts!r})
+from bench_threads import child_steps_per_s
+print(child_steps_per_s({model!r}, {steps}))
 """
 BUSY = "while True: pass"
+
+
+def child_steps_per_s(model: str, steps: int) -> float:
+    """In the child: the bare training steps `bench.py train` times, of V (z 32, batch 64)
+    or of M at the `medium` preset's shape on random latents."""
+    import numpy as np
+    from bench_train import bare_mdnrnn_steps_per_s, bare_vae_images_per_s
+
+    from worldmodels.config import MDNRNNConfig
+    from worldmodels.data.latents import Latents, SequenceSampler
+
+    if model == "V":
+        return bare_vae_images_per_s(64, steps) / 64
+    rng, steps_each = np.random.default_rng(0), 200
+    z = rng.normal(size=(64, steps_each, 32)).astype(np.float16)
+    action = rng.uniform(-1, 1, (64, steps_each, 3)).astype(np.float32)
+    episodes = [Latents(z[i], np.zeros_like(z[i]), action[i], np.zeros(steps_each, np.float32),
+                        np.arange(steps_each) == steps_each - 1) for i in range(64)]
+    config = MDNRNNConfig(hidden_size=256, seq_len=100, batch_size=64)
+    return bare_mdnrnn_steps_per_s(config, SequenceSampler(episodes, config.seq_len), steps)
 
 
 def steps_per_s(model: str, policy: str, shared: bool, steps: int) -> float:
@@ -54,8 +58,10 @@ def steps_per_s(model: str, policy: str, shared: bool, steps: int) -> float:
         env["OMP_WAIT_POLICY"] = policy
     busy = subprocess.Popen([sys.executable, "-c", BUSY]) if shared else None
     try:
-        out = subprocess.run([sys.executable, "-c", CHILD.format(model=model, steps=steps)],
-                             env=env, capture_output=True, text=True, check=True)
+        code = CHILD.format(scripts=str(Path(__file__).resolve().parent), model=model,
+                            steps=steps)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True)
     finally:
         if busy is not None:
             busy.kill()
