@@ -328,3 +328,29 @@ def test_a_cell_controller_with_zero_cell_weights_is_the_plain_controller():
         Controllers(plain, Z, HIDDEN, sees_cell=True)
     with pytest.raises(ValueError, match="cell state"):
         Controllers(cell, Z, HIDDEN, sees_cell=True).act(torch.zeros(3, Z + HIDDEN))
+
+
+@pytest.mark.parametrize("sees_cell", [False, True])
+def test_controllers_act_as_their_whole_matrix_times_the_input(sees_cell):
+    # The row-wise dot products of `Controllers.act` against the plain reference, C's matrix
+    # times [z, h] (and c) plus its bias, per row: for B controllers, for one controller that
+    # serves every row, and with `rows` choosing each row's controller.
+    n_in = Z + HIDDEN + (HIDDEN if sees_cell else 0)
+    rng = np.random.default_rng(4)
+    params = rng.normal(0, 0.5, (3, param_count(Z, HIDDEN, sees_cell=sees_cell)))
+    obs, cell = torch.randn(3, Z + HIDDEN), torch.randn(3, HIDDEN)
+    x = torch.cat([obs, cell], 1) if sees_cell else obs
+    matrix = torch.from_numpy(params[:, : 3 * n_in].reshape(3, 3, n_in)).float()
+    bias = torch.from_numpy(params[:, 3 * n_in :]).float()
+
+    def reference(c: int, row: int) -> torch.Tensor:
+        return CARRACING.actions.squash(matrix[c] @ x[row] + bias[c])
+
+    many = Controllers(params, Z, HIDDEN, sees_cell=sees_cell).act(obs, cell=cell)
+    one = Controllers(params[1:2], Z, HIDDEN, sees_cell=sees_cell).act(obs, cell=cell)
+    chosen = Controllers(params, Z, HIDDEN, sees_cell=sees_cell).act(
+        obs, rows=torch.tensor([2, 0, 2]), cell=cell)
+    for row in range(3):
+        torch.testing.assert_close(many[row], reference(row, row))
+        torch.testing.assert_close(one[row], reference(1, row))
+        torch.testing.assert_close(chosen[row], reference([2, 0, 2][row], row))
