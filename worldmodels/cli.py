@@ -255,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action=argparse.BooleanOptionalAction, default=None,
                    help="start each iteration's CMA-ES afresh around the agent (default: the "
                         "run's iterate.restart)")
+    p.add_argument("--real-eval-every", type=_non_negative, default=None,
+                   help="real check of the CMA-ES mean every N generations of an iteration "
+                        "(0: as in the first evolution)")
     p.add_argument("--workers", type=_non_negative, default=None, help="0: in-process, no Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
     p.add_argument("--data", type=Path, default=None,

@@ -150,6 +150,9 @@ class IterateConfig:
     """More epochs of M per iteration, on all the data."""
     generations: int = 40
     """More generations of CMA-ES per iteration, in the new dream."""
+    real_eval_every: int = 0
+    """Every N generations of an iteration's evolution its mean plays a real check (0: as often
+    as in the first evolution, evolve.real_eval_every)."""
     restart: bool = True
     """Each iteration restarts CMA-ES around the run's agent with sigma0 (False: continue its
     state, whose mean may have drifted from the agent the real checks chose; README)."""
@@ -214,7 +217,7 @@ def _preset_small() -> PipelineConfig:
         # on all the data, CMA-ES 10 more generations in the new dream (restarted around the
         # agent) and a real check.
         iterate=IterateConfig(iterations=3, episodes=40, max_steps=1000, mdnrnn_epochs=20,
-                              generations=10, workers=2),
+                              generations=10, real_eval_every=2, workers=2),
     )
 
 

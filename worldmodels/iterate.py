@@ -67,9 +67,10 @@ class IterateState:
 
 
 def check(config: IterateConfig) -> None:
-    if config.iterations < 0 or config.episodes < 1:
-        raise UserError(f"iterate needs iterations >= 0 and episodes >= 1, got "
-                        f"{config.iterations} and {config.episodes}")
+    if config.iterations < 0 or config.episodes < 1 or config.real_eval_every < 0:
+        raise UserError(f"iterate needs iterations >= 0, episodes >= 1 and real_eval_every "
+                        f">= 0, got {config.iterations}, {config.episodes} and "
+                        f"{config.real_eval_every}")
     require_finite("--noise", config.noise, at_least=0)
     if not 0 <= config.noisy_fraction <= 1:
         raise UserError(f"iterate.noisy_fraction must be in [0, 1], got {config.noisy_fraction}")
@@ -212,6 +213,8 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
             e_config = dataclasses.replace(
                 evolved_config(paths), workers=config.workers,
                 generations=generations_through(run_config.evolve, config, it))
+            if config.real_eval_every:
+                e_config.real_eval_every = config.real_eval_every
             es_state = evolve(paths.root, e_config, resume=True, address=address,
                               progress=progress, device=device)
             snapshot(paths, it, es_state.selected_real)
@@ -241,7 +244,7 @@ def cli_iterate(args: argparse.Namespace) -> int:
     paths = RunPaths(args.run)
     paths.require(paths.es_state, "evolve")
     config = load_run_config(paths).iterate
-    for name in ("iterations", "episodes", "noise", "restart", "workers"):
+    for name in ("iterations", "episodes", "noise", "restart", "real_eval_every", "workers"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     rows = iterate(args.run, config, args.data, address=args.address,
