@@ -23,6 +23,7 @@ from worldmodels.config import (
     save_json,
 )
 from worldmodels.data.rollouts import read_episode, validate_dir
+from worldmodels.errors import UserError
 from worldmodels.evolve.cmaes import evolve, load_es, load_state
 from worldmodels.evolve.cmaes import restart as restart_es
 from worldmodels.iterate import AGENT_SEED, episode_plan, iterate
@@ -181,3 +182,23 @@ def test_iterations_evolve_in_the_dream_evolve_ran_in(base_run, tmp_path, monkey
     iterate(run, CONFIG.iterate, data, progress=False)
     assert CONFIG.evolve.tau != 2.5
     assert taus == [2.5] and load_state(paths.es_state).config["tau"] == 2.5
+
+
+@pytest.mark.parametrize("every, checked", [(0, [1, 2, 3, 4]), (2, [1, 2, 4])])
+def test_real_checks_within_an_iteration_as_often_as_asked(base_run, tmp_path, every, checked):
+    # The first evolution checked every generation (evolve.real_eval_every 1); iterate's own
+    # setting replaces it for the iteration's generations, 0 keeps it; the last is checked.
+    run, data = _copy(base_run, tmp_path)
+    config = dataclasses.replace(CONFIG.iterate, generations=2, real_eval_every=every)
+    iterate(run, config, data, progress=False)
+    assert [r["step"] for r in read_csv(RunPaths(run).logs / "evolve_real.csv")] == checked
+
+
+def test_negative_real_eval_every_is_one_line(base_run, tmp_path, capsys):
+    run, data = _copy(base_run, tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["iterate", "--run", str(run), "--data", str(data), "--real-eval-every", "-1"])
+    assert exit_.value.code == 2 and "--real-eval-every" in capsys.readouterr().err
+    with pytest.raises(UserError, match="real_eval_every"):
+        iterate(run, dataclasses.replace(CONFIG.iterate, real_eval_every=-1), data,
+                progress=False)
