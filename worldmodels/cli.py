@@ -232,6 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     _device(p)
     p.set_defaults(handler="worldmodels.dream_check:cli_dream_check")
 
+    p = sub.add_parser("dream-rank", help="the agent and perturbations of it in the dream and "
+                                          "in the game: does the dream rank them alike?")
+    p.add_argument("--run", type=Path, required=True, help="run directory with an evolved C")
+    p.add_argument("--candidates", type=_positive, default=16,
+                   help="the agent and N - 1 perturbations of it")
+    p.add_argument("--sigma", type=float, default=0.1,
+                   help="std of the perturbations (a restarted CMA-ES's spread)")
+    p.add_argument("--rollouts", type=_positive, default=64, help="dreams per candidate")
+    p.add_argument("--episodes", type=_positive, default=16, help="real episodes per candidate")
+    p.add_argument("--seed", type=_non_negative, default=0, help="seeds the perturbations")
+    p.add_argument("--workers", type=_non_negative, default=2, help="0: in-process, no Ray")
+    p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
+    p.add_argument("--out", type=Path, default=None, help="default: RUN/dream_rank.json")
+    _device(p)
+    p.set_defaults(handler="worldmodels.dream_rank:cli_dream_rank")
+
     p = sub.add_parser("real-video", help="one real episode of the agent beside V's "
                                           "reconstruction")
     p.add_argument("--run", type=Path, required=True)
