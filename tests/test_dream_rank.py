@@ -32,8 +32,8 @@ def test_ranks_share_ties_and_spearman_reads_order_only():
 def _run(tmp_path):
     # M's dream reward rises with the gas action (fake_run), so candidates differ in the dream.
     run = make_run(tmp_path, gas_reward=True)
-    save_json(PipelineConfig(evolve=EvolveConfig(tau=1.0, max_steps=30,
-                                                 real_eval_max_steps=20)), RunPaths(run).config)
+    save_json(PipelineConfig(evolve=EvolveConfig(tau=1.0, max_steps=30),
+                             evaluate=EvaluateConfig(max_steps=20)), RunPaths(run).config)
     params = np.random.default_rng(0).normal(0, 0.5, param_count(32, 16)).astype(np.float32)
     params[-2] = 2.0  # gas on: the car moves and collects tiles
     np.save(RunPaths(run).controller, params)

@@ -26,7 +26,7 @@ from worldmodels.device import resolve_device
 from worldmodels.errors import UserError, require_finite
 from worldmodels.evolve.cmaes import evolved_config
 from worldmodels.evolve.workers import make_evaluator
-from worldmodels.run import RunPaths
+from worldmodels.run import RunPaths, load_run_config
 
 RANK_SEED = 4_000_000  # real episodes: not evaluation (1M+), selection (2M+) or comparison (3M+)
 DREAM_SEED = 8_000_000  # dreams
@@ -81,6 +81,7 @@ def dream_rank(run: Path, candidates: int = 16, sigma: float = 0.1, rollouts: in
     require_finite("--sigma", sigma, above=0)
     paths = RunPaths(Path(run))
     rules = evolved_config(paths)  # the dream (tau, done, length) C evolved in
+    real_steps = load_run_config(paths).evaluate.max_steps  # the game as the agent is scored
     world = WorldModel.from_run(paths.root)
     params = perturbations(load_controller(paths), candidates, sigma, seed)
     if params.shape[1] != world.param_count:
@@ -92,8 +93,7 @@ def dream_rank(run: Path, candidates: int = 16, sigma: float = 0.1, rollouts: in
     try:
         dream = evaluator.run("dream", params, dream_seeds, rules.tau, rules.max_steps,
                               done=rules.done).returns.mean(1)
-        real = evaluator.run("real", params, real_seeds, rules.tau,
-                             rules.real_eval_max_steps).returns
+        real = evaluator.run("real", params, real_seeds, rules.tau, real_steps).returns
     finally:
         evaluator.close()
     real_mean = real.mean(1)
