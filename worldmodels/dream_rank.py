@@ -43,7 +43,8 @@ class DreamRank:
     rollouts: int
     episodes: int
     tau: float
-    max_steps: int
+    max_steps: int  # of a dream
+    real_max_steps: int  # of a real episode
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
@@ -103,7 +104,7 @@ def dream_rank(run: Path, candidates: int = 16, sigma: float = 0.1, rollouts: in
         spearman=spearman(dream, real_mean),
         real_split_half=spearman(real[:, 0::2].mean(1), real[:, 1::2].mean(1)),
         sigma=sigma, rollouts=rollouts, episodes=episodes, tau=rules.tau,
-        max_steps=rules.max_steps)
+        max_steps=rules.max_steps, real_max_steps=real_steps)
 
 
 def cli_dream_rank(args: argparse.Namespace) -> int:
@@ -111,7 +112,7 @@ def cli_dream_rank(args: argparse.Namespace) -> int:
                         args.workers, args.address, str(resolve_device(args.device)), args.seed)
     print(f"dream-rank: the agent and {len(result.dream) - 1} perturbations (sigma "
           f"{result.sigma:g}); {result.rollouts} dreams of {result.max_steps} steps at tau "
-          f"{result.tau:g}, {result.episodes} real episodes each")
+          f"{result.tau:g}, {result.episodes} real episodes of {result.real_max_steps} steps each")
     print(f"{'candidate':<10} {'dream':>8} {'real':>8} {'+- sem':>8}")
     for i, (d, r, s) in enumerate(zip(result.dream, result.real, result.real_sem, strict=True)):
         print(f"{'agent' if i == 0 else i:<10} {d:8.1f} {r:8.1f} {s:8.1f}")
