@@ -217,7 +217,7 @@ def _preset_small() -> PipelineConfig:
         # on all the data, CMA-ES 10 more generations in the new dream (restarted around the
         # agent) and a real check.
         iterate=IterateConfig(iterations=3, episodes=40, max_steps=1000, mdnrnn_epochs=20,
-                              generations=10, real_eval_every=2, workers=2),
+                              generations=10, workers=2),
     )
 
 
