@@ -42,7 +42,8 @@ def _run(tmp_path):
 
 def test_dream_rank_scores_the_agent_and_its_perturbations_in_both(tmp_path):
     run, agent = _run(tmp_path)
-    result = dream_rank(run, candidates=4, sigma=0.5, rollouts=3, episodes=2, workers=0, seed=7)
+    result = dream_rank(run, candidates=4, sigma=0.5, rollouts=3, episodes=2, workers=0, seed=7,
+                        progress=False)
     params = perturbations(agent, 4, 0.5, seed=7)
     np.testing.assert_array_equal(params[0], agent)  # candidate 0 is the agent itself
     assert not np.allclose(params[1], params[2])
@@ -65,8 +66,9 @@ def test_cli_writes_the_report_and_refuses_bad_input_in_one_line(tmp_path, capsy
     run, _ = _run(tmp_path)
     assert main(["dream-rank", "--run", str(run), "--candidates", "3", "--rollouts", "1",
                  "--episodes", "2", "--workers", "0"]) == 0
-    out = capsys.readouterr().out
-    assert "Spearman, dream against real" in out and "agent" in out
+    captured = capsys.readouterr()
+    assert "Spearman, dream against real" in captured.out and "agent" in captured.out
+    assert "dream-rank: real episodes" in captured.err  # a bar on the long part
     saved = json.loads((run / "dream_rank.json").read_text())
     assert len(saved["dream"]) == 3 and saved["episodes"] == 2 and saved["sigma"] == 0.1
     for flags, named in ((["--candidates", "2"], "--candidates"), (["--sigma", "nan"], "--sigma"),

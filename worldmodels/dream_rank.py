@@ -26,6 +26,7 @@ from worldmodels.device import resolve_device
 from worldmodels.errors import UserError, require_finite
 from worldmodels.evolve.cmaes import evolved_config
 from worldmodels.evolve.workers import make_evaluator
+from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
 
 RANK_SEED = 4_000_000  # real episodes: not evaluation (1M+), selection (2M+) or comparison (3M+)
@@ -75,7 +76,7 @@ def perturbations(agent: np.ndarray, candidates: int, sigma: float, seed: int) -
 
 def dream_rank(run: Path, candidates: int = 16, sigma: float = 0.1, rollouts: int = 64,
                episodes: int = 16, workers: int = 2, address: str | None = None,
-               device: str = "cpu", seed: int = 0) -> DreamRank:
+               device: str = "cpu", seed: int = 0, progress: bool = True) -> DreamRank:
     if candidates < 3 or rollouts < 1 or episodes < 2:
         raise UserError(f"dream-rank needs --candidates >= 3, --rollouts >= 1 and --episodes "
                         f">= 2, got {candidates}, {rollouts} and {episodes}")
@@ -92,9 +93,14 @@ def dream_rank(run: Path, candidates: int = 16, sigma: float = 0.1, rollouts: in
     real_seeds = np.tile(RANK_SEED + np.arange(episodes), (candidates, 1))
     evaluator = make_evaluator(world, workers, address, device, rules.envs_per_worker)
     try:
-        dream = evaluator.run("dream", params, dream_seeds, rules.tau, rules.max_steps,
-                              done=rules.done).returns.mean(1)
-        real = evaluator.run("real", params, real_seeds, rules.tau, real_steps).returns
+        with progress_bar(total=dream_seeds.size, desc="dream-rank: dreams", unit="dream",
+                          disable=not progress) as bar:
+            dream = evaluator.run("dream", params, dream_seeds, rules.tau, rules.max_steps,
+                                  bar=bar, done=rules.done).returns.mean(1)
+        with progress_bar(total=real_seeds.size, desc="dream-rank: real episodes", unit="ep",
+                          disable=not progress) as bar:
+            real = evaluator.run("real", params, real_seeds, rules.tau, real_steps,
+                                 bar=bar).returns
     finally:
         evaluator.close()
     real_mean = real.mean(1)
