@@ -60,6 +60,9 @@ def test_dream_rank_scores_the_agent_and_its_perturbations_in_both(tmp_path):
     assert all(s >= 0 for s in result.real_sem) and len(result.real) == 4
     assert result.spearman == pytest.approx(spearman(result.dream, result.real))
     assert -1 <= result.real_split_half <= 1
+    real = np.array(result.real_returns)
+    np.testing.assert_allclose(real.mean(1), result.real)
+    assert result.agent_minus_others == pytest.approx(real[0].mean() - real[1:].mean())
 
 
 def test_cli_writes_the_report_and_refuses_bad_input_in_one_line(tmp_path, capsys):

@@ -38,6 +38,9 @@ class DreamRank:
     dream: list[float]  # per candidate: mean dream return (candidate 0 is the agent)
     real: list[float]  # per candidate: mean real return
     real_sem: list[float]  # its standard error
+    real_returns: list[list[float]]  # per candidate, per episode
+    agent_minus_others: float  # the agent's return minus the perturbations' mean, per episode
+    agent_minus_others_sem: float  # its standard error over the episodes
     spearman: float  # dream order against real order
     real_split_half: float  # real order on even episodes against odd ones
     sigma: float
@@ -104,9 +107,13 @@ def dream_rank(run: Path, candidates: int = 16, sigma: float = 0.1, rollouts: in
     finally:
         evaluator.close()
     real_mean = real.mean(1)
+    # Paired by episode (all candidates play the same seeds): is the agent a local optimum?
+    lead = real[0] - real[1:].mean(0)
     return DreamRank(
         dream=dream.tolist(), real=real_mean.tolist(),
-        real_sem=(real.std(1, ddof=1) / np.sqrt(episodes)).tolist(),
+        real_sem=(real.std(1, ddof=1) / np.sqrt(episodes)).tolist(), real_returns=real.tolist(),
+        agent_minus_others=float(lead.mean()),
+        agent_minus_others_sem=float(lead.std(ddof=1) / np.sqrt(episodes)),
         spearman=spearman(dream, real_mean),
         real_split_half=spearman(real[:, 0::2].mean(1), real[:, 1::2].mean(1)),
         sigma=sigma, rollouts=rollouts, episodes=episodes, tau=rules.tau,
@@ -122,6 +129,8 @@ def cli_dream_rank(args: argparse.Namespace) -> int:
     print(f"{'candidate':<10} {'dream':>8} {'real':>8} {'+- sem':>8}")
     for i, (d, r, s) in enumerate(zip(result.dream, result.real, result.real_sem, strict=True)):
         print(f"{'agent' if i == 0 else i:<10} {d:8.1f} {r:8.1f} {s:8.1f}")
+    print(f"the agent minus the perturbations in the game, paired by episode: "
+          f"{result.agent_minus_others:+.1f} +- {result.agent_minus_others_sem:.1f}")
     print(f"Spearman, dream against real: {result.spearman:+.2f}; real against itself "
           f"(even against odd episodes): {result.real_split_half:+.2f}")
     out = args.out or RunPaths(args.run).root / "dream_rank.json"
