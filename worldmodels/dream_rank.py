@@ -6,9 +6,11 @@ Candidates: the run's agent and `candidates - 1` Gaussian perturbations of it wi
 (the spread of a CMA-ES restarted around it). Each plays `rollouts` dreams (every candidate the
 same dreams, as in evolution, with the run's evolution settings) and `episodes` real episodes
 (every candidate the same seeds, RANK_SEED + i, away from the evaluation and selection seeds).
-The report: both scores per candidate, the Spearman rank correlation between them, and the
-game's own split-half correlation (candidates ranked on half the real episodes against the
-other half), which bounds what any dream could reach with this many episodes.
+The report: both scores per candidate; the agent's lead over its perturbations in the game,
+paired by episode (an agent the dream made truly good is a local optimum of the game too);
+the Spearman rank correlation between the two orders; and the game's own split-half
+correlation (candidates ranked on half the real episodes against the other half), which
+bounds what any dream could reach with this many episodes.
 """
 
 from __future__ import annotations
