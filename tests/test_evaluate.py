@@ -155,6 +155,18 @@ def test_garbage_controller_and_mismatched_z_sizes_are_one_line(tmp_path, capsys
         assert len(err.splitlines()) == 1
 
 
+def test_a_controller_of_another_size_is_one_line_wherever_it_is_read(tmp_path, capsys):
+    run = _run_with_controller(tmp_path)
+    np.save(RunPaths(run).controller, np.zeros(param_count(32, 16) + 1, np.float32))
+    for command in (["evaluate", "--episodes", "1", "--workers", "0"],
+                    ["dream-rank", "--workers", "0"],
+                    ["dream-video", "--out", str(tmp_path / "d.gif")]):
+        assert main([*command[:1], "--run", str(run), *command[1:]]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"parameters, the run's C needs ({param_count(32, 16)},)"), command
+        assert len(err.splitlines()) == 1
+
+
 def test_evaluate_on_a_read_only_run_fails_before_playing(tmp_path, capsys, monkeypatch):
     run = _run_with_controller(tmp_path)
     monkeypatch.setattr(atomic.os, "access", lambda path, mode: False)  # root ignores modes

@@ -166,6 +166,14 @@ class WorldModel:
     def param_count(self) -> int:
         return param_count(self.z_size, self.hidden_size, self.game.actions.size, self.sees_cell)
 
+    def load_controller(self, paths: RunPaths) -> np.ndarray:
+        """RUN/controller.npy, refused in one line unless it is a C of this world model."""
+        params = load_controller(paths)
+        if params.shape != (self.param_count,):
+            raise UserError(f"{paths.controller}: {params.shape} parameters, the run's C needs "
+                            f"({self.param_count},)")
+        return params
+
     def controllers(self, params: np.ndarray, device: torch.device | str = "cpu") -> Controllers:
         return Controllers(params, self.z_size, self.hidden_size, device, self.game.actions,
                            self.sees_cell)

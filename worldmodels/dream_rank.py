@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worldmodels.agent import WorldModel, load_controller
+from worldmodels.agent import WorldModel
 from worldmodels.atomic import write_bytes
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError, require_finite
@@ -90,10 +90,7 @@ def dream_rank(run: Path, candidates: int = 16, sigma: float = 0.1, rollouts: in
     rules = evolved_config(paths)  # the dream (tau, done, length) C evolved in
     real_steps = load_run_config(paths).evaluate.max_steps  # the game as the agent is scored
     world = WorldModel.from_run(paths.root)
-    params = perturbations(load_controller(paths), candidates, sigma, seed)
-    if params.shape[1] != world.param_count:
-        raise UserError(f"{paths.controller}: {params.shape[1]} parameters, but the run's C "
-                        f"needs {world.param_count}")
+    params = perturbations(world.load_controller(paths), candidates, sigma, seed)
     dream_seeds = np.tile(DREAM_SEED + np.arange(rollouts), (candidates, 1))
     real_seeds = np.tile(RANK_SEED + np.arange(episodes), (candidates, 1))
     evaluator = make_evaluator(world, workers, address, device, rules.envs_per_worker)

@@ -89,10 +89,7 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
     paths = RunPaths(Path(run))
     paths.writable()  # before the episodes: their scores must not be lost to a failed write
     world = WorldModel.from_run(paths.root)
-    params = load_controller(paths) if policy == "controller" else None
-    if params is not None and params.shape != (world.param_count,):
-        raise UserError(f"{paths.controller}: {params.shape} parameters, the run's M needs "
-                        f"({world.param_count},)")
+    params = world.load_controller(paths) if policy == "controller" else None
     seeds = episode_seeds(config)
     if out is None:
         out = summary_path(paths, policy)

@@ -122,7 +122,7 @@ def collect_agent(run: Path, data: Path, config: IterateConfig, iteration: int,
     if not todo:
         return files
     world = WorldModel.from_run(run)
-    params = exploring_params(load_controller(RunPaths(run)), todo)
+    params = exploring_params(world.load_controller(RunPaths(run)), todo)
     labels = [f"agent:iteration={iteration}:noise={noise:g}" for _, noise in todo]
     envs = config.envs_per_worker
     tasks = [(params[i:i + envs], [s for s, _ in todo[i:i + envs]], labels[i:i + envs])

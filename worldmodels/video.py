@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from worldmodels import atomic
-from worldmodels.agent import WorldModel, decode_frames, load_controller
+from worldmodels.agent import WorldModel, decode_frames
 from worldmodels.device import resolve_device
 from worldmodels.env.dream import BatchedDream
 from worldmodels.errors import UserError, require_finite
@@ -62,7 +62,7 @@ def dream_frames(run: Path, steps: int = 300, seed: int = 0, tau: float | None =
     tau = rules.tau if tau is None else tau
     require_finite("--tau", tau, above=0)
     world = WorldModel.from_run(paths.root)
-    params = load_controller(paths) if params is None else params
+    params = world.load_controller(paths) if params is None else params
     dream = BatchedDream(world.mdnrnn(device), world.starts(), tau, steps, device,
                          world.game.actions, rules.done, world.done_pos_weight)
     controllers = world.controllers(params, dream.device)
