@@ -6,23 +6,28 @@ from __future__ import annotations
 import shutil
 import struct
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from worldmodels.atomic import write_bytes
 from worldmodels.cli import main
+from worldmodels.config import SEED_BLOCK
 from worldmodels.data.latents import BadLatentsError, Latents, read_latents, write_latents
 from worldmodels.data.rollouts import (
     BadEpisodeError,
     Episode,
     encode_episode,
+    episode_path,
     iter_episodes,
     list_episodes,
     read_episode,
+    split_holdout,
     validate_dir,
     write_episode,
 )
+from worldmodels.iterate import AGENT_SEED
 
 
 @pytest.fixture
@@ -189,3 +194,23 @@ def test_damaged_latents_are_skipped_by_the_reader(tmp_path):
     garble_header(path, "mu")
     with pytest.raises(BadLatentsError, match="corrupt or truncated .TokenError"):
         read_latents(path)
+
+
+def test_holdout_is_made_per_collection_and_stays_put_as_data_grows():
+    first = [episode_path(Path("d"), seed) for seed in range(200)]  # collect --seed 0
+    train, held = split_holdout(first, 0.1)
+    assert held == first[-20:] and train == first[:-20]  # one collection: its last tenth
+    # three iterations of 40 agent episodes each: each is its own block of seeds
+    agent = [episode_path(Path("d"), AGENT_SEED + SEED_BLOCK * k + j)
+             for k in (1, 2, 3) for j in range(40)]
+    train, held_all = split_holdout(first + agent, 0.1)
+    assert set(held) <= set(held_all)  # what was held out stays held out
+    for k in (1, 2, 3):  # 36 of each iteration's 40 are trained on, not the 12-16 of before
+        block = agent[40 * (k - 1):40 * k]
+        assert len(set(block) & set(train)) == 36
+    assert len(train) + len(held_all) == 320 and not set(train) & set(held_all)
+    # names that carry no seed form one group; two files always keep one out
+    other = [Path(f"{name}.npz") for name in "abcde"]
+    assert split_holdout(other, 0.4) == (other[:3], other[3:])
+    assert split_holdout(first[:2], 0.1) == (first[:1], first[1:2])
+    assert split_holdout(first[:1], 0.1) == (first[:1], [])

@@ -305,17 +305,20 @@ def generations_through(evolve: EvolveConfig, iterate: IterateConfig, iteration:
     return evolve.generations + iteration * iterate.generations
 
 
-COLLECT_SEEDS_PER_RUN = 10_000  # collection seeds of run seed S: 10,000 S + i (< 1,000,000)
+# One collection's block of seeds: run seed S collects from 10,000 S (below 1,000,000, where
+# the evaluation seeds start), iterate's iteration k plays AGENT_SEED + 10,000 k + j, and
+# the held-out split (data.rollouts.split_holdout) is made per block.
+SEED_BLOCK = 10_000
 
 
 def with_seed(config: PipelineConfig, seed: int) -> PipelineConfig:
     """`config` for run seed `seed`: its own collection seeds, V and M initialisation and
     shuffling, and CMA-ES; the evaluation seeds stay the same, so runs are compared on the
     same real episodes."""
-    if not 0 <= seed < 1_000_000 // COLLECT_SEEDS_PER_RUN:
-        raise UserError(f"--seed must be in [0, {1_000_000 // COLLECT_SEEDS_PER_RUN}), got {seed}")
+    if not 0 <= seed < 1_000_000 // SEED_BLOCK:
+        raise UserError(f"--seed must be in [0, {1_000_000 // SEED_BLOCK}), got {seed}")
     config.seed = seed
-    config.collect.seed = COLLECT_SEEDS_PER_RUN * seed
+    config.collect.seed = SEED_BLOCK * seed
     config.vae.seed = config.mdnrnn.seed = config.evolve.seed = seed
     return config
 

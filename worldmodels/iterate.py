@@ -38,6 +38,7 @@ import torch
 from worldmodels.agent import Agent, WorldModel, load_controller, run_episodes
 from worldmodels.atomic import write_bytes
 from worldmodels.config import (
+    SEED_BLOCK,
     IterateConfig,
     from_dict,
     generations_through,
@@ -79,7 +80,7 @@ def check(config: IterateConfig) -> None:
 def episode_plan(config: IterateConfig, iteration: int) -> list[tuple[int, float]]:
     """(seed, noise) of each episode of an iteration."""
     noisy = round(config.episodes * config.noisy_fraction)
-    return [(AGENT_SEED + 10_000 * iteration + j, config.noise if j < noisy else 0.0)
+    return [(AGENT_SEED + SEED_BLOCK * iteration + j, config.noise if j < noisy else 0.0)
             for j in range(config.episodes)]
 
 

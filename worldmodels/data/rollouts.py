@@ -7,6 +7,7 @@ that exists under its final name is whole: it is written to a temp name and rena
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from worldmodels.atomic import write_bytes
+from worldmodels.config import SEED_BLOCK
 from worldmodels.errors import UserError
 from worldmodels.npfiles import read_npz
 
@@ -140,9 +142,25 @@ def iter_episodes(paths: list[Path]) -> Iterator[tuple[Path, Episode]]:
 
 
 def split_holdout(paths: list[Path], fraction: float) -> tuple[list[Path], list[Path]]:
-    """Deterministic split by episode: the last `fraction` of files (at least one when there
-    are two or more) are held out, so no frame of a held-out episode is trained on."""
+    """Deterministic split by episode, made within each collection: files are grouped by
+    their seed's block of SEED_BLOCK (`episode_<seed>.npz`; other names form one group) and
+    the last `fraction` of each group is held out, at least one file when there are two or
+    more. So no frame of a held-out episode is trained on, a held-out episode stays held out
+    as later collections are added, and each collection (an iteration's agent episodes
+    too) is mostly trained on, not held out whole because its files sort last."""
     if len(paths) < 2 or fraction <= 0:
         return list(paths), []
-    n_hold = max(1, round(len(paths) * fraction))
-    return list(paths[:-n_hold]), list(paths[-n_hold:])
+    groups: dict[int | None, list[Path]] = {}
+    for path in paths:
+        groups.setdefault(seed_block(path), []).append(path)
+    held = {path for group in groups.values()
+            for path in group[len(group) - round(len(group) * fraction):]}
+    if not held:
+        held = {paths[-1]}
+    return [p for p in paths if p not in held], [p for p in paths if p in held]
+
+
+def seed_block(path: Path) -> int | None:
+    """The block of SEED_BLOCK seeds that an `episode_<seed>.npz` file belongs to."""
+    match = re.fullmatch(r"episode_(\d+)\.npz", Path(path).name)
+    return int(match.group(1)) // SEED_BLOCK if match else None
