@@ -47,7 +47,8 @@ class VAEConfig:
     shuffle_buffer: int = 10_000
     """Frames held in the streaming shuffle buffer (memory does not grow with data)."""
     holdout_episodes: float = 0.1
-    """Fraction of episodes (at least one when there are two or more) held out for validation."""
+    """Fraction of each collection's episodes held out for validation (at least one episode
+    when there are two or more; data.rollouts.split_holdout)."""
     max_frames_per_epoch: int = 0
     """Stop an epoch after this many frames; 0 means all of them."""
     seed: int = 0
@@ -84,6 +85,7 @@ class MDNRNNConfig:
     done_pos_weight: float = 0.0
     """BCE weight of positive (done) steps; 0 derives it from the data (negatives / positives)."""
     holdout_episodes: float = 0.1
+    """As VAEConfig's: held out alike from the first rollouts and from each iteration's episodes."""
     seed: int = 0
 
 
