@@ -204,9 +204,8 @@ def _preset_small() -> PipelineConfig:
         preset="small",
         collect=CollectConfig(episodes=200, max_steps=500, workers=2),
         vae=VAEConfig(epochs=3, batch_size=64, learning_rate=3e-4, max_frames_per_epoch=30_000),
-        # An epoch of M is only ~60 steps of batch 16 x 100 (~5 s): give it thousands. One
-        # mixture pick for all of z (experiment: it beat per-dimension picks on Take Cover).
-        mdnrnn=MDNRNNConfig(epochs=60, seq_len=100, batch_size=16, mixture="joint"),
+        # An epoch of M is only ~60 steps of batch 16 x 100 (~5 s): give it thousands.
+        mdnrnn=MDNRNNConfig(epochs=60, seq_len=100, batch_size=16),
         evolve=EvolveConfig(
             # Dream rollouts are cheap (~50k steps/s per core): a bigger population and more
             # rollouts per candidate cost ~3 s per generation and make the fitness less noisy.
