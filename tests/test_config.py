@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 
 import pytest
 from fake_run import make_run
 
 from worldmodels.cli import main
-from worldmodels.config import PRESETS, PipelineConfig, from_dict, preset
+from worldmodels.config import PRESETS, PipelineConfig, from_dict, preset, with_settings
 from worldmodels.errors import UserError
 from worldmodels.run import RunPaths, load_run_config
 
@@ -63,3 +64,37 @@ def test_a_bad_config_value_names_the_key_not_a_flag(tmp_path, capsys):
     assert main(["evaluate", "--run", str(run), "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("evaluate.episodes (config.json or --episodes) must be >= 1, got -3")
+
+
+def test_set_changes_preset_values_by_key_and_type():
+    config = with_settings(preset("small"), ["vae.epochs=10", "mdnrnn.mixture=joint",
+                                             "evolve.tau=2", "iterate.restart=false"])
+    assert (config.vae.epochs, config.mdnrnn.mixture) == (10, "joint")
+    assert config.evolve.tau == 2.0 and isinstance(config.evolve.tau, float)
+    assert config.iterate.restart is False
+    untouched = preset("small")
+    untouched.vae.epochs, untouched.mdnrnn.mixture, untouched.evolve.tau = 10, "joint", 2.0
+    untouched.iterate.restart = False
+    assert config == untouched  # nothing else moved
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("vae.epochs", "expected SECTION.FIELD=VALUE with SECTION one of collect, vae"),
+    ("epochs=3", "expected SECTION.FIELD=VALUE"),
+    ("seed.x=3", "expected SECTION.FIELD=VALUE"),  # the run's seed has its own flag
+    ("vae.epochz=3", "vae has no field 'epochz'"),
+    ("vae.epochs=ten", '--set: vae.epochs must be an int, got "ten"'),
+    ("evolve.tau=NaN", "--set: evolve.tau must be a finite number, got nan"),
+])
+def test_a_bad_set_is_named(setting, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        with_settings(preset("small"), [setting])
+
+
+def test_a_bad_set_is_one_line_and_exit_2_before_anything_is_written(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pipeline", "--preset", "tiny", "--run", str(run),
+                 "--set", "vae.epochz=3"]) == 2
+    assert capsys.readouterr().err.strip() == ("worldmodels pipeline: error: --set vae.epochz=3: "
+                                               "vae has no field 'epochz'")
+    assert not RunPaths(run).config.exists()

@@ -76,3 +76,16 @@ def test_run_seed_derives_every_stage_seed_and_is_kept(tmp_path):
         run_config(paths, "tiny", seed=4)
     with pytest.raises(UserError, match="--seed"):
         run_config(RunPaths(tmp_path / "other"), "tiny", seed=100)
+
+
+def test_a_set_is_kept_with_the_run_and_a_different_one_refused(tmp_path):
+    from worldmodels.pipeline import run_config
+
+    paths = RunPaths(tmp_path / "run")
+    assert run_config(paths, "tiny", settings=["vae.epochs=5"]).vae.epochs == 5
+    assert run_config(paths, "tiny").vae.epochs == 5  # resumed without --set: as made
+    assert run_config(paths, "tiny", settings=["vae.epochs=5"]).vae.epochs == 5
+    with pytest.raises(UserError, match="made with vae.epochs=5, not 6"):
+        run_config(paths, "tiny", settings=["vae.epochs=6"])
+    with pytest.raises(UserError, match='made with mdnrnn.mixture="factorised", not "joint"'):
+        run_config(paths, "tiny", settings=["mdnrnn.mixture=joint"])

@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
     p.add_argument("--seed", type=_non_negative, default=None,
                    help="run seed (new runs; default 0): every stage's seed derives from it")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="change one of the preset's settings for a new run (repeatable), e.g. "
+                        "--set vae.epochs=10; kept in RUN/config.json")
     _device(p)
     p.set_defaults(handler="worldmodels.pipeline:cli_pipeline")
 

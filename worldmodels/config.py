@@ -377,6 +377,27 @@ def from_dict(cls: type[T], data: Any, source: str | None = None, _prefix: str =
     return cls(**kwargs)
 
 
+def with_settings(config: PipelineConfig, settings: list[str]) -> PipelineConfig:
+    """`config` with `section.field=value` settings (`pipeline --set`) applied, each value
+    read as JSON (10, 1.5, true) or else as a plain string (joint), and checked by key
+    and type as config.json is. The run's own keys (preset, env, seed) have flags."""
+    data = asdict(config)
+    for setting in settings:
+        key, equals, text = setting.partition("=")
+        section, dot, name = key.partition(".")
+        if not (equals and dot and isinstance(data.get(section), dict)):
+            stages = ", ".join(k for k, v in data.items() if isinstance(v, dict))
+            raise UserError(f"--set {setting}: expected SECTION.FIELD=VALUE with SECTION one "
+                            f"of {stages}")
+        if name not in data[section]:
+            raise UserError(f"--set {setting}: {section} has no field {name!r}")
+        try:
+            data[section][name] = json.loads(text)
+        except json.JSONDecodeError:
+            data[section][name] = text
+    return from_dict(PipelineConfig, data, "--set")
+
+
 def _checked_value(kind: Any, value: Any, source: str, key: str) -> Any:
     """`value` if it is a `kind` (bool, int, float or str; other types pass unchecked)."""
     ok = {

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from worldmodels.agent import WorldModel, load_controller
-from worldmodels.config import PipelineConfig, load_json, preset, preset_for, with_seed
+from worldmodels.config import (
+    PipelineConfig,
+    load_json,
+    preset,
+    preset_for,
+    with_seed,
+    with_settings,
+)
 from worldmodels.data.collect import collect
 from worldmodels.device import resolve_device
 from worldmodels.env.games import get_game
@@ -45,9 +53,13 @@ def _say(progress: bool, text: str) -> None:
         tqdm.write(f"pipeline: {text}")
 
 
-def run_config(paths: RunPaths, preset_name: str, seed: int | None = None) -> PipelineConfig:
-    """The run's saved config, made from the preset (and `seed`) on first use; refuses a run
-    of another preset or seed (its stages would silently mix them)."""
+def run_config(paths: RunPaths, preset_name: str, seed: int | None = None,
+               settings: list[str] | None = None) -> PipelineConfig:
+    """The run's saved config, made from the preset (with `seed` and `--set` `settings`) on
+    first use; refuses a run of another preset, seed or setting (its stages would silently
+    mix them)."""
+    settings = settings or []
+    made = with_settings(with_seed(preset(preset_name), seed or 0), settings)
     if paths.config.exists():
         saved = load_run_config(paths)  # checks the file's keys and types first
         if saved.preset != preset_name:
@@ -56,7 +68,14 @@ def run_config(paths: RunPaths, preset_name: str, seed: int | None = None) -> Pi
         if seed is not None and saved.seed != seed:
             raise UserError(f"{paths.config}: this run was made with --seed {saved.seed}, "
                             f"not {seed}; choose another --run")
-    return load_run_config(paths, default=with_seed(preset(preset_name), seed or 0))
+        for key in (setting.partition("=")[0] for setting in settings):
+            section, _, name = key.partition(".")
+            had, asked = (getattr(getattr(c, section), name) for c in (saved, made))
+            if had != asked:
+                raise UserError(f"{paths.config}: this run was made with {key}="
+                                f"{json.dumps(had)}, not {json.dumps(asked)}; choose another "
+                                f"--run")
+    return load_run_config(paths, default=made)
 
 
 def latents_fresh(paths: RunPaths, episodes: list[Path]) -> bool:
@@ -69,13 +88,14 @@ def latents_fresh(paths: RunPaths, episodes: list[Path]) -> bool:
 
 def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int | None = None,
              address: str | None = None, progress: bool = True, device: str = "cpu",
-             seed: int | None = None) -> dict:
+             seed: int | None = None, settings: list[str] | None = None) -> dict:
     """Run (or continue) every stage; returns the agent's evaluation and the baseline's.
     Networks run on `device` (a resolved name: cpu, cuda, cuda:N); `seed` (a new run's;
-    default 0) makes an independent run of the same preset."""
+    default 0) makes an independent run of the same preset, and `settings` (`--set
+    section.field=value`) a variant of it."""
     paths = RunPaths(Path(run))
     paths.writable()
-    config = run_config(paths, preset_name, seed)
+    config = run_config(paths, preset_name, seed, settings)
     data = Path(data) if data is not None else paths.root / "data"
     if workers is not None:  # for this invocation only; the saved config keeps the preset's
         config.collect.workers = config.evolve.workers = config.evaluate.workers = workers
@@ -157,7 +177,8 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
 def cli_pipeline(args: argparse.Namespace) -> int:
     results = pipeline(args.run, preset_for(args.preset, args.env), args.data, args.workers,
                        args.address,
-                       device=str(resolve_device(args.device)), seed=args.seed)
+                       device=str(resolve_device(args.device)), seed=args.seed,
+                       settings=args.set)
     agent, baseline = results["controller"], results["random"]
     print(f"pipeline: agent {agent['mean']:.1f} +- {agent['std']:.1f} over "
           f"{agent['episodes']} real episodes, random {baseline['mean']:.1f} +- "
