@@ -210,9 +210,11 @@ def _preset_small() -> PipelineConfig:
             # Dream rollouts are cheap (~50k steps/s per core): a bigger population and more
             # rollouts per candidate cost ~3 s per generation and make the fitness less noisy.
             # tau 1.5 makes the dream harder to exploit (README). The real checks, not the
-            # dream fitness, choose the agent: C soon learns M's mistakes.
+            # dream fitness, choose the agent: C soon learns M's mistakes. 32 episodes per
+            # check, not 8: the best of noisy checks is a lucky one, and each iteration
+            # restarts around it (README: 699.8 against 493.8 on seed 0).
             generations=20, popsize=32, rollouts=16, tau=1.5, max_steps=500, workers=2,
-            real_eval_every=10, real_eval_episodes=8,
+            real_eval_every=10, real_eval_episodes=32,
         ),
         evaluate=EvaluateConfig(episodes=100, max_steps=1000, workers=2, random_episodes=20),
         # Each round: 40 real episodes of the agent (half with noise on C), M 20 more epochs
