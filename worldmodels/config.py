@@ -197,7 +197,7 @@ def _preset_tiny() -> PipelineConfig:
 
 
 def _preset_small() -> PipelineConfig:
-    # The best agent measured on a 2-core machine, in about half an hour (README): random-walk
+    # The best agent measured on a 2-core machine, in under an hour (README): random-walk
     # data, a first evolution, then three rounds of the agent improving its own world model
     # (ten rounds, 70 min, scored no better).
     return PipelineConfig(
