@@ -199,7 +199,7 @@ def _preset_tiny() -> PipelineConfig:
 def _preset_small() -> PipelineConfig:
     # The best agent measured on a 2-core machine, in under an hour (README): random-walk
     # data, a first evolution, then three rounds of the agent improving its own world model
-    # (ten rounds, 70 min, scored no better).
+    # (ten rounds, 68 min, scored no better).
     return PipelineConfig(
         preset="small",
         collect=CollectConfig(episodes=200, max_steps=500, workers=2),
@@ -211,8 +211,8 @@ def _preset_small() -> PipelineConfig:
             # rollouts per candidate cost ~3 s per generation and make the fitness less noisy.
             # tau 1.5 makes the dream harder to exploit (README). The real checks, not the
             # dream fitness, choose the agent: C soon learns M's mistakes. 32 episodes per
-            # check, not 8: the best of noisy checks is a lucky one, and each iteration
-            # restarts around it (README: 699.8 against 493.8 on seed 0).
+            # check, not 8: the agent's check then predicts its evaluation (8 overstated it by
+            # up to 164); the mean over two seeds stayed about the same (README).
             generations=20, popsize=32, rollouts=16, tau=1.5, max_steps=500, workers=2,
             real_eval_every=10, real_eval_episodes=32,
         ),
@@ -385,9 +385,8 @@ def with_settings(config: PipelineConfig, settings: list[str]) -> PipelineConfig
     and type as config.json is. The run's own keys (preset, env, seed) have flags."""
     data = asdict(config)
     for setting in settings:
-        key, equals, text = setting.partition("=")
-        section, dot, name = key.partition(".")
-        if not (equals and dot and isinstance(data.get(section), dict)):
+        (section, name), (_, equals, text) = setting_key(setting), setting.partition("=")
+        if not (equals and name and isinstance(data.get(section), dict)):
             stages = ", ".join(k for k, v in data.items() if isinstance(v, dict))
             raise UserError(f"--set {setting}: expected SECTION.FIELD=VALUE with SECTION one "
                             f"of {stages}")
@@ -398,6 +397,12 @@ def with_settings(config: PipelineConfig, settings: list[str]) -> PipelineConfig
         except json.JSONDecodeError:
             data[section][name] = text
     return from_dict(PipelineConfig, data, "--set")
+
+
+def setting_key(setting: str) -> tuple[str, str]:
+    """(section, field) of a `section.field=value` setting."""
+    section, _, name = setting.partition("=")[0].partition(".")
+    return section, name
 
 
 def _checked_value(kind: Any, value: Any, source: str, key: str) -> Any:

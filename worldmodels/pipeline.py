@@ -23,6 +23,7 @@ from worldmodels.config import (
     load_json,
     preset,
     preset_for,
+    setting_key,
     with_seed,
     with_settings,
 )
@@ -68,11 +69,10 @@ def run_config(paths: RunPaths, preset_name: str, seed: int | None = None,
         if seed is not None and saved.seed != seed:
             raise UserError(f"{paths.config}: this run was made with --seed {saved.seed}, "
                             f"not {seed}; choose another --run")
-        for key in (setting.partition("=")[0] for setting in settings):
-            section, _, name = key.partition(".")
+        for section, name in map(setting_key, settings):
             had, asked = (getattr(getattr(c, section), name) for c in (saved, made))
             if had != asked:
-                raise UserError(f"{paths.config}: this run was made with {key}="
+                raise UserError(f"{paths.config}: this run was made with {section}.{name}="
                                 f"{json.dumps(had)}, not {json.dumps(asked)}; choose another "
                                 f"--run")
     return load_run_config(paths, default=made)
