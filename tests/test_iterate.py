@@ -202,3 +202,30 @@ def test_negative_real_eval_every_is_one_line(base_run, tmp_path, capsys):
     with pytest.raises(UserError, match="real_eval_every"):
         iterate(run, dataclasses.replace(CONFIG.iterate, real_eval_every=-1), data,
                 progress=False)
+
+
+def test_an_iteration_starts_from_the_best_agent_so_far(base_run, tmp_path, monkeypatch):
+    # Iteration 1 checked worse than the first evolution's agent: iteration 2 plays and
+    # restarts CMA-ES around the first agent's C, not iteration 1's.
+    run, data = _copy(base_run, tmp_path)
+    paths = RunPaths(run)
+    iterate(run, CONFIG.iterate, data, progress=False)
+    first = np.load(run / "iterations" / "00" / "controller.npy")
+    assert not np.array_equal(first, np.load(run / "iterations" / "01" / "controller.npy"))
+    save_json({"iteration": 0, "real_check": 1e9}, run / "iterations" / "00" / "agent.json")
+    shutil.copy(run / "iterations" / "01" / "controller.npy", paths.controller)
+    played, means = [], []
+    real_params, real_evolve = iterate_module.exploring_params, iterate_module.evolve
+
+    def record_params(params, plan):
+        played.append(params.copy())
+        return real_params(params, plan)
+
+    def record_mean(*args, **kwargs):
+        means.append(load_es(paths.es_state, load_state(paths.es_state)).mean.copy())
+        return real_evolve(*args, **kwargs)
+    monkeypatch.setattr(iterate_module, "exploring_params", record_params)
+    monkeypatch.setattr(iterate_module, "evolve", record_mean)
+    iterate(run, dataclasses.replace(CONFIG.iterate, iterations=2), data, progress=False)
+    np.testing.assert_array_equal(played[0], first)
+    np.testing.assert_allclose(means[0], first, rtol=1e-6)

@@ -3,7 +3,9 @@ world model. M first learns from a random-walk policy that is rarely on the road
 which is exactly where an evolved C drives; so the agent plays, M learns what it saw, and C
 evolves again in the better dream.
 
-One iteration i (1-based):
+One iteration i (1-based) starts from the best agent so far: the C of the snapshot with the
+best real check (below) is put back in RUN, so an iteration that scored worse than an
+earlier one is not built on; M stays the latest, trained on all the data.
 1. collect: `episodes` real episodes with the run's agent (V + M + C), the first
    `noisy_fraction` of them with Gaussian noise of std `noise` on C's parameters (drawn per
    episode from its seed), as episode files next to the first rollouts (V's data directory),
@@ -169,6 +171,15 @@ def best_snapshot(paths: RunPaths) -> tuple[int, float]:
     return iteration, real
 
 
+def put_back(paths: RunPaths, iteration: int, names: tuple[str, ...]) -> None:
+    """Make RUN's `names` those of snapshot `iteration` (files already equal are not
+    rewritten, so a resumed run touches nothing it does not change)."""
+    for name in names:
+        chosen = (paths.root / "iterations" / f"{iteration:02d}" / name).read_bytes()
+        if chosen != (paths.root / name).read_bytes():
+            write_bytes(paths.root / name, chosen)
+
+
 def iterate(run: Path, config: IterateConfig, data: Path | None = None,
             address: str | None = None, progress: bool = True,
             device: str = "cpu") -> list[dict]:
@@ -195,6 +206,8 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
     try:
         for it in range(state.completed + 1, config.iterations + 1):
             t0 = time.perf_counter()
+            if not state.evolving:  # until the iteration's evolution starts, RUN's C is the best
+                put_back(paths, best_snapshot(paths)[0], ("controller.npy",))
             files = collect_agent(paths.root, data, config, it, address, progress, device)
             unencoded = [f for f in files if not (paths.latents / f.name).exists()]
             if unencoded:
@@ -231,10 +244,7 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
     finally:
         logger.close()
     best, real = best_snapshot(paths)
-    for name in FILES:  # the agent with the best real check is the run's agent
-        chosen = (paths.root / "iterations" / f"{best:02d}" / name).read_bytes()
-        if chosen != (paths.root / name).read_bytes():
-            write_bytes(paths.root / name, chosen)
+    put_back(paths, best, FILES)  # the agent with the best real check is the run's agent
     if progress:
         print(f"iterate: the agent of iteration {best} (real check {real:.1f}) is the run's "
               "agent")
