@@ -237,7 +237,7 @@ def _preset_medium() -> PipelineConfig:
         mdnrnn=MDNRNNConfig(epochs=20, seq_len=100, batch_size=64),
         evolve=EvolveConfig(
             generations=40, popsize=64, rollouts=16, tau=1.5, max_steps=1000, workers=16,
-            real_eval_every=10, real_eval_episodes=16,
+            real_eval_every=10, real_eval_episodes=32,  # as small's: checks that predict
         ),
         evaluate=EvaluateConfig(episodes=100, max_steps=1000, workers=16),
         iterate=IterateConfig(iterations=4, episodes=256, max_steps=1000, mdnrnn_epochs=5,
