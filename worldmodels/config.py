@@ -197,7 +197,7 @@ def _preset_tiny() -> PipelineConfig:
 
 
 def _preset_small() -> PipelineConfig:
-    # The best agent measured on a 2-core machine, in about 70 minutes (README): random-walk
+    # The best agent measured on a 2-core machine, in about 85 minutes (README): random-walk
     # data, a first evolution, then five rounds of the agent improving its own world model,
     # each from the best agent so far (ten rounds that built on the latest agent, 68 min,
     # scored no better than three).
@@ -220,7 +220,7 @@ def _preset_small() -> PipelineConfig:
         evaluate=EvaluateConfig(episodes=100, max_steps=1000, workers=2, random_episodes=20),
         # Each round: 40 real episodes of the agent (half with noise on C), M 20 more epochs
         # on all the data, CMA-ES 10 more generations in the new dream (restarted around the
-        # agent) and a real check.
+        # best agent so far) and a real check.
         iterate=IterateConfig(iterations=5, episodes=40, max_steps=1000, mdnrnn_epochs=20,
                               generations=10, workers=2),
     )
