@@ -32,6 +32,7 @@ from worldmodels.train.mdnrnn import (
     batch_losses,
     done_pos_weight,
     done_prior_logit,
+    epoch_learning_rate,
     total_loss,
     train_mdnrnn,
 )
@@ -251,6 +252,30 @@ def test_train_mdnrnn_cli_refuses_overwrite_and_resumes_exactly(encoded_run, tmp
         assert torch.equal(wa, wb), name
     sa, sb = pa["optimizer"]["state"], pb["optimizer"]["state"]
     assert all(torch.equal(sa[k]["exp_avg"], sb[k]["exp_avg"]) for k in sa)
+
+
+def test_a_cosine_learning_rate_decays_per_epoch_and_a_bad_schedule_is_refused(
+        encoded_run, tmp_path, capsys):
+    cosine = MDNRNNConfig(**{**vars(TINY), "epochs": 4, "lr_schedule": "cosine"})
+    assert [epoch_learning_rate(cosine, e) / cosine.learning_rate for e in range(4)] == \
+        pytest.approx([1.0, 0.5 + 0.5 ** 1.5, 0.5, 0.5 - 0.5 ** 1.5])
+    assert epoch_learning_rate(TINY, 3) == TINY.learning_rate  # constant: unchanged
+
+    runs = {}
+    for schedule in ("constant", "cosine"):
+        runs[schedule] = _copy_run(encoded_run, tmp_path / schedule, MDNRNNConfig(
+            **{**vars(TINY), "epochs": 2, "lr_schedule": schedule}))
+        assert main(["train-mdnrnn", "--run", str(runs[schedule])]) == 0
+    rates = [r["learning_rate"] for r in read_csv(runs["cosine"] / "logs" / "mdnrnn.csv")]
+    assert rates == pytest.approx([TINY.learning_rate, TINY.learning_rate / 2])
+    weights = [checkpoint.load_model(runs[s] / "mdnrnn.pt", MDNRNN, MDNRNNConfig)[0]
+               for s in runs]
+    assert not torch.equal(*(w.done.weight for w in weights))  # the second epoch differs
+
+    bad = _copy_run(encoded_run, tmp_path / "bad", MDNRNNConfig(**{**vars(TINY),
+                                                                    "lr_schedule": "cosin"}))
+    assert main(["train-mdnrnn", "--run", str(bad)]) == 2
+    assert "lr_schedule" in _one_error_line(capsys) and not (bad / "mdnrnn.pt").exists()
 
 
 def test_bad_input_is_one_line_and_exit_2(encoded_run, tmp_path, capsys):

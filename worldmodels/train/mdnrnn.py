@@ -62,6 +62,7 @@ POSITION_BUCKETS = ((0, 100), (100, 300), (300, None))
 LOSSES = ("z_nll", "reward_mse", "done_bce")
 # Settings a checkpoint was trained with that a resumed run may not change.
 FIXED_ON_RESUME = ("seq_len", "carry_state", "dropout", "mixture")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @contextmanager
@@ -94,6 +95,21 @@ def done_prior_logit(sampler: SequenceSampler) -> float:
     in all the steps (a strongly negative start, not minus infinity)."""
     rate = max(float(sampler.done.sum()), 0.5) / len(sampler.done)
     return math.log(rate / (1.0 - rate)) if rate < 1 else 0.0
+
+
+def check_lr_schedule(schedule: str) -> str:
+    if schedule not in LR_SCHEDULES:
+        raise UserError(f"mdnrnn.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                        f"got {schedule!r}")
+    return schedule
+
+
+def epoch_learning_rate(config: MDNRNNConfig, epoch: int) -> float:
+    """The learning rate of epoch `epoch` (from 0) of config.epochs; a function of the epoch
+    alone, so a resumed run trains at the rates an unbroken one would."""
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -223,6 +239,7 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
     """Train (or with `resume`, continue) M of `run` on RUN/latents (made by `encode`)."""
     check_dropout(config.dropout)
     check_mixture(config.mixture)
+    check_lr_schedule(config.lr_schedule)
     paths = RunPaths(Path(run))
     paths.writable()
     paths.require(paths.vae, "train-vae")
@@ -271,13 +288,16 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
     try:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_learning_rate(config, epoch)
             with rnn_threads(config):
                 step, means, n_batches = _train_epoch(model, optimizer, train_set, config,
                                                       pos_weight, epoch, step, step_logger,
                                                       progress)
                 seconds = time.perf_counter() - t0
                 result = evaluate(model, valid_set, config, pos_weight)
-            logger.log(step, epoch=epoch + 1, **means, **result,
+            logger.log(step, epoch=epoch + 1, **means, **result, learning_rate=
+                       optimizer.param_groups[0]["lr"],
                        steps_per_s=n_batches / seconds, epoch_seconds=seconds)
             checkpoint.save(ckpt, model, config, {
                 "kind": "mdnrnn", "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
