@@ -294,7 +294,9 @@ def _preset_doom_small() -> PipelineConfig:
         # 600 random episodes (~130k frames) and V 5 epochs: with 300 and 2, V's held-out
         # reconstruction error was still falling fast and it blurred the fireballs. 2,000
         # episodes with M 40 epochs, from empty directories, scored no better (README).
-        CollectConfig(episodes=600, max_steps=2100, policy="random", workers=2),
+        # Each random action held for 1 to 10 tics, as in the paper's data: the player
+        # travels, where uniform random steps jitter in place (README).
+        CollectConfig(episodes=600, max_steps=2100, policy="repeat", workers=2),
         VAEConfig(epochs=5, batch_size=64, learning_rate=3e-4, max_frames_per_epoch=30_000),
         # One mixture pick for all of z: the paper's per-dimension picks grew fireballs from
         # nothing (seed 0) or never assembled one (seed 1); joint beat it on both (README).
