@@ -79,7 +79,7 @@ class MDNRNNConfig:
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"
     """`constant`, or `cosine`: epoch e of E trains at learning_rate * (1 + cos(pi e / E)) / 2,
-    so the last epochs settle M instead of leaving it wherever its last noisy steps took it."""
+    so M ends after steps at a small rate, not wherever its last full-rate steps took it."""
     grad_clip: float = 1.0
     reward_weight: float = 1.0
     """Weight of the reward regression loss next to the z NLL."""

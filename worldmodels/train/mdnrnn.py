@@ -296,8 +296,8 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
                                                       progress)
                 seconds = time.perf_counter() - t0
                 result = evaluate(model, valid_set, config, pos_weight)
-            logger.log(step, epoch=epoch + 1, **means, **result, learning_rate=
-                       optimizer.param_groups[0]["lr"],
+            logger.log(step, epoch=epoch + 1, **means, **result,
+                       learning_rate=optimizer.param_groups[0]["lr"],
                        steps_per_s=n_batches / seconds, epoch_seconds=seconds)
             checkpoint.save(ckpt, model, config, {
                 "kind": "mdnrnn", "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
