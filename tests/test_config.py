@@ -85,6 +85,10 @@ def test_set_changes_preset_values_by_key_and_type():
     ("vae.epochz=3", "vae has no field 'epochz'"),
     ("vae.epochs=ten", '--set: vae.epochs must be an int, got "ten"'),
     ("evolve.tau=NaN", "--set: evolve.tau must be a finite number, got nan"),
+    ("mdnrnn.mixture=jont", '--set: mdnrnn.mixture must be one of factorised, joint, got "jont"'),
+    ("mdnrnn.lr_schedule=cosin", "mdnrnn.lr_schedule must be one of constant, cosine"),
+    ("evolve.done=maybe", "evolve.done must be one of threshold, likely, sample"),
+    ("evolve.where=gym", "evolve.where must be one of dream, real"),
 ])
 def test_a_bad_set_is_named(setting, message):
     with pytest.raises(UserError, match=re.escape(message)):
@@ -98,3 +102,8 @@ def test_a_bad_set_is_one_line_and_exit_2_before_anything_is_written(tmp_path, c
     assert capsys.readouterr().err.strip() == ("worldmodels pipeline: error: --set vae.epochz=3: "
                                                "vae has no field 'epochz'")
     assert not RunPaths(run).config.exists()
+    # A value outside a choice field's names is refused before an hour of collecting and V.
+    assert main(["pipeline", "--preset", "tiny", "--run", str(run),
+                 "--set", "mdnrnn.mixture=jont"]) == 2
+    assert "mdnrnn.mixture must be one of factorised, joint" in capsys.readouterr().err
+    assert not RunPaths(run).config.exists() and not (run / "data").exists()

@@ -192,8 +192,8 @@ def test_an_unknown_done_rule_in_config_json_names_the_key(tmp_path, capsys):
     save_json(config, RunPaths(run).config)
     assert main(["evolve", "--run", str(run), "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("evolve.done (config.json or --done) must be one of threshold, likely, "
-                        "sample, got 'coin'")
+    assert err.endswith("config.json: evolve.done must be one of threshold, likely, sample, "
+                        'got "coin"')  # refused as the file is read, naming it
 
 
 def test_missing_models_are_one_line_errors(tmp_path, capsys):

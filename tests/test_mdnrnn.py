@@ -275,7 +275,37 @@ def test_a_cosine_learning_rate_decays_per_epoch_and_a_bad_schedule_is_refused(
     bad = _copy_run(encoded_run, tmp_path / "bad", MDNRNNConfig(**{**vars(TINY),
                                                                     "lr_schedule": "cosin"}))
     assert main(["train-mdnrnn", "--run", str(bad)]) == 2
-    assert "lr_schedule" in _one_error_line(capsys) and not (bad / "mdnrnn.pt").exists()
+    line = _one_error_line(capsys)
+    assert "config.json: mdnrnn.lr_schedule must be one of constant, cosine" in line
+    assert not (bad / "mdnrnn.pt").exists()
+
+
+def test_a_cosine_run_killed_after_an_epoch_resumes_at_the_unbroken_runs_rates(
+        encoded_run, tmp_path, monkeypatch):
+    config = MDNRNNConfig(**{**vars(TINY), "epochs": 3, "lr_schedule": "cosine"})
+    straight = _copy_run(encoded_run, tmp_path / "straight", config)
+    train_mdnrnn(straight, config, progress=False)
+
+    killed = _copy_run(encoded_run, tmp_path / "killed", config)
+    save = checkpoint.save
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt  # right after epoch 1's checkpoint
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_mdnrnn(killed, config, progress=False)
+    monkeypatch.setattr(checkpoint, "save", save)
+    train_mdnrnn(killed, config, resume=True, progress=False)
+
+    rates = [[r["learning_rate"] for r in read_csv(run / "logs" / "mdnrnn.csv")]
+             for run in (straight, killed)]
+    assert rates[0] == rates[1] == pytest.approx([1e-3, 7.5e-4, 2.5e-4])
+    a = checkpoint.load_model(straight / "mdnrnn.pt", MDNRNN, MDNRNNConfig)[0]
+    b = checkpoint.load_model(killed / "mdnrnn.pt", MDNRNN, MDNRNNConfig)[0]
+    for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(wa, wb), name
 
 
 def test_bad_input_is_one_line_and_exit_2(encoded_run, tmp_path, capsys):

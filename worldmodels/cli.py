@@ -11,9 +11,8 @@ import importlib
 import sys
 from pathlib import Path
 
-from worldmodels.config import PRESETS, CollectConfig
+from worldmodels.config import DONE_RULES, EVOLVE_IN, MIXTURES, PRESETS, CollectConfig
 from worldmodels.device import DEVICE_HELP
-from worldmodels.env.dream import DONE_RULES
 from worldmodels.env.games import DEFAULT as DEFAULT_ENV
 from worldmodels.env.games import GAMES
 from worldmodels.errors import UserError, require_finite
@@ -160,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=None)
     p.add_argument("--dropout", type=float, default=None,
                    help="variational dropout on M's input and state, also in the dream [0, 1)")
-    p.add_argument("--mixture", choices=["factorised", "joint"], default=None,
+    p.add_argument("--mixture", choices=MIXTURES, default=None,
                    help="z_{t+1}'s head: a mixture per dimension (the paper) or one over all of z")
     p.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=None,
                    help="carry the LSTM state across windows of an episode (long horizon)")
@@ -170,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evolve", help="evolve C with CMA-ES in M's dream (or the real env)")
     p.add_argument("--run", type=Path, required=True, help="run directory with vae.pt, mdnrnn.pt")
-    p.add_argument("--in", dest="where", choices=["dream", "real"], default=None)
+    p.add_argument("--in", dest="where", choices=EVOLVE_IN, default=None)
     p.add_argument("--generations", type=_positive, default=None,
                    help="default: the run's config (for all of these)")
     p.add_argument("--popsize", type=int, default=None, help="candidates per generation (>= 2)")

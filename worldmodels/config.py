@@ -17,6 +17,18 @@ from typing import Any, TypeVar
 from worldmodels import atomic
 from worldmodels.errors import UserError, warn
 
+# The values of the configs' choice fields, refused by name when a config is read.
+MIXTURES = ("factorised", "joint")
+LR_SCHEDULES = ("constant", "cosine")
+EVOLVE_IN = ("dream", "real")
+DONE_RULES = ("threshold", "likely", "sample")
+
+
+def choice(default: str, names: tuple[str, ...]) -> Any:
+    """A string field that takes one of `names` (checked by `from_dict`)."""
+    return field(default=default, metadata={"choices": names})
+
+
 Z_SIZE = 32
 ACTION_SIZE = 3
 
@@ -62,7 +74,7 @@ class MDNRNNConfig:
     """LSTM units."""
     gaussians: int = 5
     """Mixture components (per latent dimension when factorised)."""
-    mixture: str = "factorised"
+    mixture: str = choice("factorised", MIXTURES)
     """The head for z_{t+1}: `factorised` (the paper: each dimension its own mixture, picked
     independently) or `joint` (K diagonal Gaussians over all of z, one pick per step)."""
     epochs: int = 20
@@ -77,7 +89,7 @@ class MDNRNNConfig:
     dream (one mask per dream rollout); 0 turns it off."""
     batch_size: int = 32
     learning_rate: float = 1e-3
-    lr_schedule: str = "constant"
+    lr_schedule: str = choice("constant", LR_SCHEDULES)
     """`constant`, or `cosine`: epoch e of E trains at learning_rate * (1 + cos(pi e / E)) / 2,
     so M ends after steps at a small rate, not wherever its last full-rate steps took it."""
     grad_clip: float = 1.0
@@ -94,7 +106,7 @@ class MDNRNNConfig:
 
 @dataclass
 class EvolveConfig:
-    where: str = "dream"
+    where: str = choice("dream", EVOLVE_IN)
     """Evaluate candidates in the `dream` (M) or in the `real` env."""
     generations: int = 100
     popsize: int = 64
@@ -105,7 +117,7 @@ class EvolveConfig:
     """C reads M's cell state c as well as [z, h], as the paper's Take Cover agent did."""
     tau: float = 1.15
     """Dream temperature."""
-    done: str = "threshold"
+    done: str = choice("threshold", DONE_RULES)
     """How a dream obeys M's done head: `threshold` (ends where the class-weighted head says
     more likely than not), `likely` (where its calibrated probability does) or `sample` (a
     coin of the calibrated probability each step)."""
@@ -365,8 +377,9 @@ T = TypeVar("T")
 
 def from_dict(cls: type[T], data: Any, source: str | None = None, _prefix: str = "") -> T:
     """Build a (nested) config dataclass from a dict, refusing unknown keys and values of
-    the wrong type by name (`source` names the file: `config.json: mdnrnn.epochs must be an
-    int, got "ten"`). Checked against the dataclass fields, so new fields are covered."""
+    the wrong type or outside a `choice` field's names by name (`source` names the file:
+    `config.json: mdnrnn.epochs must be an int, got "ten"`). Checked against the dataclass
+    fields, so new fields are covered."""
     source = source or cls.__name__
     where = _prefix.rstrip(".") or "the top level"
     if not isinstance(data, dict):
@@ -384,6 +397,10 @@ def from_dict(cls: type[T], data: Any, source: str | None = None, _prefix: str =
             kwargs[name] = from_dict(kind, value, source, f"{_prefix}{name}.")
         else:
             kwargs[name] = _checked_value(kind, value, source, _prefix + name)
+            names = known[name].metadata.get("choices")
+            if names is not None and value not in names:
+                raise UserError(f"{source}: {_prefix}{name} must be one of {', '.join(names)}, "
+                                f"got {_shown(value)}")
     return cls(**kwargs)
 
 

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from worldmodels.agent import WorldModel
+from worldmodels.config import DONE_RULES
 from worldmodels.env.carracing import CARRACING
 from worldmodels.env.game import ActionSpace
 from worldmodels.models.controller import Controllers
@@ -41,7 +42,6 @@ from worldmodels.models.vae import ConvVAE
 from worldmodels.run import RunPaths, load_run_config
 
 CHUNK = 32  # steps of noise drawn per row at a time
-DONE_RULES = ("threshold", "likely", "sample")
 
 
 def check_done_rule(done: str) -> str:

@@ -43,9 +43,8 @@ from tqdm import tqdm
 
 from worldmodels import atomic
 from worldmodels.agent import WorldModel
-from worldmodels.config import EvolveConfig, from_dict
+from worldmodels.config import DONE_RULES, EVOLVE_IN, EvolveConfig, from_dict
 from worldmodels.device import resolve_device
-from worldmodels.env.dream import DONE_RULES
 from worldmodels.errors import UserError, require_finite
 from worldmodels.evolve import safe_pickle
 from worldmodels.evolve.workers import make_evaluator
@@ -70,7 +69,7 @@ class EvolveState:
 
 def validate(config: EvolveConfig) -> None:
     # Named as config keys too: the value may come from RUN/config.json, not from a flag.
-    if config.where not in ("dream", "real"):
+    if config.where not in EVOLVE_IN:
         raise UserError(f"evolve.where (config.json or --in) must be dream or real, got "
                         f"{config.where!r}")
     require_finite("evolve.tau (config.json or --tau)", config.tau, above=0)

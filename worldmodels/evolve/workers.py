@@ -30,7 +30,6 @@ from worldmodels.device import resolve_device
 from worldmodels.env.dream import BatchedDream
 from worldmodels.ray_session import ActorPool, warn_if_address_ignored
 
-WHERE = ("dream", "real")
 RowsDone = Callable[[int, int, np.ndarray], None]  # (lo, hi, (hi - lo, 2) returns and steps)
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from worldmodels.config import MIXTURES
 from worldmodels.errors import UserError
 
 LOG_SIGMA_MIN = -7.0  # sigma >= ~1e-3: far below any spread the data has, far from overflow
@@ -203,11 +204,11 @@ class JointMixtureHead(_LinearHead):
         return JointMixtureParams(out[..., :k], mu, _bounded_log_sigma(raw_log_sigma))
 
 
-MIXTURES = {"factorised": MixtureHead, "joint": JointMixtureHead}
+MIXTURE_HEADS = dict(zip(MIXTURES, (MixtureHead, JointMixtureHead), strict=True))
 
 
 def check_mixture(name: str) -> str:
-    if name not in MIXTURES:
+    if name not in MIXTURE_HEADS:
         raise UserError(f"mdnrnn.mixture (--mixture) must be one of {', '.join(MIXTURES)}, "
                         f"got {name!r}")
     return name
@@ -216,7 +217,7 @@ def check_mixture(name: str) -> str:
 def mixture_head(name: str, in_features: int, dims: int,
                  components: int) -> MixtureHead | JointMixtureHead:
     """M's head for z_{t+1} by its form's name (`mdnrnn.mixture`)."""
-    return MIXTURES[check_mixture(name)](in_features, dims, components)
+    return MIXTURE_HEADS[check_mixture(name)](in_features, dims, components)
 
 
 # --------------------------------------------------------------------- bivariate

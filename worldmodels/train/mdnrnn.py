@@ -62,7 +62,6 @@ POSITION_BUCKETS = ((0, 100), (100, 300), (300, None))
 LOSSES = ("z_nll", "reward_mse", "done_bce")
 # Settings a checkpoint was trained with that a resumed run may not change.
 FIXED_ON_RESUME = ("seq_len", "carry_state", "dropout", "mixture")
-LR_SCHEDULES = ("constant", "cosine")
 
 
 @contextmanager
@@ -97,19 +96,14 @@ def done_prior_logit(sampler: SequenceSampler) -> float:
     return math.log(rate / (1.0 - rate)) if rate < 1 else 0.0
 
 
-def check_lr_schedule(schedule: str) -> str:
-    if schedule not in LR_SCHEDULES:
-        raise UserError(f"mdnrnn.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
-                        f"got {schedule!r}")
-    return schedule
-
-
 def epoch_learning_rate(config: MDNRNNConfig, epoch: int) -> float:
-    """The learning rate of epoch `epoch` (from 0) of config.epochs; a function of the epoch
-    alone, so a resumed run trains at the rates an unbroken one would."""
+    """The learning rate of epoch `epoch` (from 0) of config.epochs: a function of the two
+    alone, so a run resumed with the same epochs trains at the rates an unbroken one would."""
     if config.lr_schedule == "constant":
         return config.learning_rate
-    return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    if config.lr_schedule == "cosine":
+        return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -239,7 +233,6 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
     """Train (or with `resume`, continue) M of `run` on RUN/latents (made by `encode`)."""
     check_dropout(config.dropout)
     check_mixture(config.mixture)
-    check_lr_schedule(config.lr_schedule)
     paths = RunPaths(Path(run))
     paths.writable()
     paths.require(paths.vae, "train-vae")
