@@ -153,8 +153,16 @@ def test_doom_tiny_pipeline_end_to_end_on_the_real_vizdoom(tmp_path, ray_session
     assert saved["env"] == "doom-takecover" and saved["mdnrnn"]["action_size"] == 1
     assert saved["vae"]["z_size"] == saved["mdnrnn"]["z_size"] == 64
     episodes = sorted(data.glob("episode_*.npz"))
-    assert len(episodes) == tiny.collect.episodes
+    assert len(episodes) == tiny.collect.episodes + tiny.iterate.episodes
     assert read_episode(episodes[0]).action.shape[1] == 1
+    # An iteration in the dream alone: the agent's episodes teach M, no real check chooses C.
+    played = [read_episode(e) for e in episodes[tiny.collect.episodes:]]
+    assert all(e.policy.startswith("agent:iteration=1") and e.action.shape[1] == 1
+               for e in played)
+    assert json.loads((run / "iterations" / "01" / "agent.json").read_text())["real_check"] \
+        is None
+    assert (run / "iterations" / "01" / "controller.npy").read_bytes() == \
+        paths.controller.read_bytes()
     world = WorldModel.from_run(run)
     assert world.env == "doom-takecover" and world.param_count == 64 + 64 + 1
     assert np.load(paths.controller).shape == (world.param_count,)

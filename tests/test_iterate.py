@@ -5,6 +5,7 @@ ends exactly where an uninterrupted iteration does."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -64,6 +65,22 @@ def base_run(real_rollouts, tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def dream_only_run(base_run, tmp_path_factory):
+    """base_run's V and M with C evolved only in the dream (no real checks), as on Take Cover."""
+    root = tmp_path_factory.mktemp("iterate_dream_only")
+    shutil.copytree(base_run, root, dirs_exist_ok=True)
+    paths = RunPaths(root / "run")
+    for stale in (paths.es_state, paths.controller, *paths.logs.glob("evolve*.csv")):
+        stale.unlink()
+    config = dataclasses.replace(
+        CONFIG, evolve=dataclasses.replace(CONFIG.evolve, real_eval_every=0))
+    save_json(config, paths.config)
+    evolve(paths.root, config.evolve, progress=False)
+    assert load_state(paths.es_state).selected_params is None
+    return root
+
+
 def _copy(base_run, tmp_path):
     shutil.copytree(base_run, tmp_path / "copy")
     return tmp_path / "copy" / "run", tmp_path / "copy" / "data"
@@ -95,8 +112,11 @@ def test_one_iteration_end_to_end_then_nothing_redone(base_run, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
-@pytest.mark.parametrize("kill_after", ["collect_one", "train_mdnrnn", "evolve"])
-def test_killed_and_rerun_equals_uninterrupted(base_run, tmp_path, monkeypatch, kill_after):
+@pytest.mark.parametrize("base, kill_after", [
+    ("base_run", "collect_one"), ("base_run", "train_mdnrnn"), ("base_run", "evolve"),
+    ("dream_only_run", "evolve")])
+def test_killed_and_rerun_equals_uninterrupted(request, tmp_path, monkeypatch, base, kill_after):
+    base_run = request.getfixturevalue(base)
     straight, straight_data = _copy(base_run, tmp_path / "a")
     iterate(straight, CONFIG.iterate, straight_data, progress=False)
 
@@ -133,8 +153,9 @@ def test_killed_and_rerun_equals_uninterrupted(base_run, tmp_path, monkeypatch, 
     for key, tensor in wa["model"].items():
         assert torch.equal(tensor, wb["model"][key]), key
     ra, rb = read_csv(a.logs / "iterate.csv"), read_csv(b.logs / "iterate.csv")
-    assert [{k: v for k, v in r.items() if k != "minutes"} for r in ra] == \
-        [{k: v for k, v in r.items() if k != "minutes"} for r in rb]
+    assert [{k: v for k, v in r.items() if k not in ("minutes", "real_check")} for r in ra] == \
+        [{k: v for k, v in r.items() if k not in ("minutes", "real_check")} for r in rb]
+    np.testing.assert_array_equal([r["real_check"] for r in ra], [r["real_check"] for r in rb])
 
 
 def test_bad_input_is_one_line(base_run, tmp_path, capsys):
@@ -229,3 +250,42 @@ def test_an_iteration_starts_from_the_best_agent_so_far(base_run, tmp_path, monk
     iterate(run, dataclasses.replace(CONFIG.iterate, iterations=2), data, progress=False)
     np.testing.assert_array_equal(played[0], first)
     np.testing.assert_allclose(means[0], first, rtol=1e-6)
+
+
+def test_without_real_checks_each_iteration_builds_on_the_last_mean(dream_only_run, tmp_path,
+                                                                    monkeypatch, capsys):
+    # C learns only in the dream: no real episode scores it, each iteration plays and restarts
+    # CMA-ES around the latest mean, and the last iteration's agent is the run's.
+    run, data = _copy(dream_only_run, tmp_path)
+    paths = RunPaths(run)
+    first = np.load(paths.controller)
+    played, means = [], []
+    real_params, real_evolve = iterate_module.exploring_params, iterate_module.evolve
+
+    def record_params(params, plan):
+        played.append(params.copy())
+        return real_params(params, plan)
+
+    def record_mean(*args, **kwargs):
+        means.append(load_es(paths.es_state, load_state(paths.es_state)).mean.copy())
+        state = real_evolve(*args, **kwargs)
+        means.append(load_es(paths.es_state, state).mean.copy())
+        return state
+    monkeypatch.setattr(iterate_module, "exploring_params", record_params)
+    monkeypatch.setattr(iterate_module, "evolve", record_mean)
+    rows = iterate(run, dataclasses.replace(CONFIG.iterate, iterations=2), data, progress=False)
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isnan(r["real_check"]) for r in rows)
+    assert not (paths.logs / "evolve_real.csv").exists()  # no real check was played
+    snaps = [run / "iterations" / f"{it:02d}" for it in (0, 1, 2)]
+    assert [json.loads((s / "agent.json").read_text())["real_check"] for s in snaps] == [None] * 3
+    np.testing.assert_array_equal(played[0], first)
+    # controller.npy holds the float64 mean in float32.
+    np.testing.assert_allclose(np.load(snaps[1] / "controller.npy"), means[1], rtol=1e-6)
+    np.testing.assert_allclose(played[1], means[1], rtol=1e-6)  # iteration 2 plays iteration 1's C
+    np.testing.assert_allclose(means[2], means[1], rtol=1e-6)  # and restarts around it
+    for name in ("controller.npy", "mdnrnn.pt"):  # the last agent is the run's
+        assert (snaps[2] / name).read_bytes() == (paths.root / name).read_bytes()
+    np.testing.assert_allclose(np.load(paths.controller), means[3], rtol=1e-6)
+    capsys.readouterr()
+    assert main(["iterate", "--run", str(run), "--data", str(data)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("real check none")

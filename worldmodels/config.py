@@ -276,14 +276,17 @@ def _preset_paper() -> PipelineConfig:
 
 
 def _doom(preset_name: str, collect: CollectConfig, vae: VAEConfig, mdnrnn: MDNRNNConfig,
-          evolve: EvolveConfig, evaluate: EvaluateConfig) -> PipelineConfig:
+          evolve: EvolveConfig, evaluate: EvaluateConfig,
+          iterate: IterateConfig | None = None) -> PipelineConfig:
     # The paper's Take Cover model: z 64, LSTM 512, 5 Gaussians; one action. Evolution only
-    # in the dream (no real checks: real_eval_every 0); no iterations.
+    # in the dream (no real checks: real_eval_every 0), in iterations too (iterate's 0 follows
+    # evolve's): the agent's real episodes only teach M.
     vae.z_size = mdnrnn.z_size = 64
     mdnrnn.action_size = 1
     evolve.real_eval_every = 0
     return PipelineConfig(preset=preset_name, env="doom-takecover", collect=collect, vae=vae,
-                          mdnrnn=mdnrnn, evolve=evolve, evaluate=evaluate)
+                          mdnrnn=mdnrnn, evolve=evolve, evaluate=evaluate,
+                          iterate=iterate or IterateConfig())
 
 
 def _preset_doom_tiny() -> PipelineConfig:
@@ -296,6 +299,8 @@ def _preset_doom_tiny() -> PipelineConfig:
         EvolveConfig(generations=2, popsize=6, rollouts=2, done="sample", max_steps=100,
                      workers=2),
         EvaluateConfig(episodes=2, max_steps=150, workers=2),
+        IterateConfig(iterations=1, episodes=2, max_steps=100, mdnrnn_epochs=1, generations=1,
+                      workers=2),
     )
 
 

@@ -5,7 +5,9 @@ evolves again in the better dream.
 
 One iteration i (1-based) starts from the best agent so far: the C of the snapshot with the
 best real check (below) is put back in RUN, so an iteration that scored worse than an
-earlier one is not built on; M stays the latest, trained on all the data.
+earlier one is not built on; M stays the latest, trained on all the data. Without real
+checks (evolve.real_eval_every 0: C learns only in the dream, as for Take Cover) the best
+agent is the latest one.
 1. collect: `episodes` real episodes with the run's agent (V + M + C), the first
    `noisy_fraction` of them with Gaussian noise of std `noise` on C's parameters (drawn per
    episode from its seed), as episode files next to the first rollouts (V's data directory),
@@ -15,11 +17,14 @@ earlier one is not built on; M stays the latest, trained on all the data.
 4. evolve `generations` more generations in the new dream: with `restart`, from a fresh
    CMA-ES around the agent (the mean the real checks chose, not the latest mean, which may
    have drifted into M's mistakes since), else from the CMA-ES state as it is. The real
-   checks choose this iteration's agent (C means are only comparable under one M);
-5. snapshot the iteration's agent (M and C, with its real check) in RUN/iterations/NN/ and
-   log a row to RUN/logs/iterate.csv: data, M's held-out NLL, dream fitness, real check.
+   checks choose this iteration's agent (C means are only comparable under one M); without
+   them it is the last mean;
+5. snapshot the iteration's agent (M and C, with its real check, or none) in
+   RUN/iterations/NN/ and log a row to RUN/logs/iterate.csv: data, M's held-out NLL, dream
+   fitness, real check (nan without one).
 When every iteration is done, the snapshot with the best real check (iteration 0 is the
-agent iterate started from) is the run's agent: its M and C are put back in RUN.
+agent iterate started from) is the run's agent, or the last one where none was checked: its
+M and C are put back in RUN.
 
 Resumable: every step saves as it goes (episodes, epochs, generations), and RUN/iterate.json
 records the finished iterations, so a kill loses at most the episode, epoch or generation in
@@ -50,7 +55,14 @@ from worldmodels.config import (
 from worldmodels.data.rollouts import encode_episode, episode_path, list_episodes
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError, require_finite
-from worldmodels.evolve.cmaes import evolve, evolved_config, load_state, restart, save_state
+from worldmodels.evolve.cmaes import (
+    EvolveState,
+    evolve,
+    evolved_config,
+    load_state,
+    restart,
+    save_state,
+)
 from worldmodels.logger import RunLogger, read_csv
 from worldmodels.npfiles import read_npz
 from worldmodels.progress import progress_bar
@@ -156,7 +168,12 @@ def _steps(path: Path) -> int:
     return len(read_npz(path, ["reward"])["reward"])
 
 
-def snapshot(paths: RunPaths, iteration: int, real: float) -> None:
+def real_check(state: EvolveState) -> float | None:
+    """The real check of the evolution's agent; None where none was played."""
+    return state.selected_real if state.selected_params is not None else None
+
+
+def snapshot(paths: RunPaths, iteration: int, real: float | None) -> None:
     """Copy the agent's files atomically; agent.json, written last, marks a whole snapshot."""
     out = paths.root / "iterations" / f"{iteration:02d}"
     for name in FILES:
@@ -164,10 +181,13 @@ def snapshot(paths: RunPaths, iteration: int, real: float) -> None:
     save_json({"iteration": iteration, "real_check": real}, out / "agent.json")
 
 
-def best_snapshot(paths: RunPaths) -> tuple[int, float]:
+def best_snapshot(paths: RunPaths) -> tuple[int, float | None]:
+    """(iteration, real check) of the snapshot with the best real check (the later of a tie);
+    where no snapshot was checked (C learns only in the dream), the latest."""
     scores = [(load_json(d / "agent.json")["real_check"], int(d.name))
               for d in sorted((paths.root / "iterations").iterdir()) if (d / "agent.json").exists()]
-    real, iteration = max(scores, key=lambda s: (s[0], s[1]))
+    checked = [s for s in scores if s[0] is not None]
+    real, iteration = max(checked) if checked else scores[-1]
     return iteration, real
 
 
@@ -192,15 +212,12 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
                           (paths.es_state, "evolve"), (paths.controller, "evolve")):
         paths.require(path, made_by)
     run_config = load_run_config(paths)
-    if not run_config.evolve.real_eval_every:
-        raise UserError(f"{paths.config}: iterate chooses agents by real checks; set "
-                        "evolve.real_eval_every > 0")
     data = Path(data) if data is not None else default_data(paths.root)
     state_path = paths.root / "iterate.json"
     state = from_dict(IterateState, load_json(state_path)) if state_path.exists() \
         else IterateState()
     if not (paths.root / "iterations" / "00" / "agent.json").exists():
-        snapshot(paths, 0, load_state(paths.es_state).selected_real)
+        snapshot(paths, 0, real_check(load_state(paths.es_state)))
     # A kill between an iteration's row and iterate.json redoes nothing but drops the row.
     logger = RunLogger(paths.logs, "iterate", keep_through=state.completed)
     try:
@@ -231,23 +248,24 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
                 e_config.real_eval_every = config.real_eval_every
             es_state = evolve(paths.root, e_config, resume=True, address=address,
                               progress=progress, device=device)
-            snapshot(paths, it, es_state.selected_real)
+            real = real_check(es_state)
+            snapshot(paths, it, real)
             m_row = read_csv(paths.logs / "mdnrnn.csv")[-1]
             e_row = read_csv(paths.logs / "evolve.csv")[-1]
             episodes = list_episodes(data)
             logger.log(it, episodes=len(episodes), frames=sum(_steps(f) for f in episodes),
                        valid_z_nll=m_row["valid_z_nll"], dream_fitness=e_row["mean"],
-                       real_check=es_state.selected_real,
+                       real_check=np.nan if real is None else real,
                        minutes=(time.perf_counter() - t0) / 60)
             state = IterateState(completed=it, evolving=False)
             save_json(asdict(state), state_path)
     finally:
         logger.close()
     best, real = best_snapshot(paths)
-    put_back(paths, best, FILES)  # the agent with the best real check is the run's agent
+    put_back(paths, best, FILES)  # the best-checked agent (or the last) is the run's agent
     if progress:
-        print(f"iterate: the agent of iteration {best} (real check {real:.1f}) is the run's "
-              "agent")
+        why = "no real checks: the last" if real is None else f"real check {real:.1f}"
+        print(f"iterate: the agent of iteration {best} ({why}) is the run's agent")
     return read_csv(paths.logs / "iterate.csv") if (paths.logs / "iterate.csv").exists() else []
 
 
@@ -261,7 +279,8 @@ def cli_iterate(args: argparse.Namespace) -> int:
     rows = iterate(args.run, config, args.data, address=args.address,
                    device=str(resolve_device(args.device)))
     for row in rows:
+        real = "none" if np.isnan(row["real_check"]) else f"{row['real_check']:.1f}"
         print(f"iteration {int(row['step'])}: {int(row['episodes'])} episodes, M held-out NLL "
               f"{row['valid_z_nll']:.2f}, dream fitness {row['dream_fitness']:.1f}, real check "
-              f"{row['real_check']:.1f}")
+              f"{real}")
     return 0
