@@ -169,7 +169,7 @@ class IterateConfig:
     """More generations of CMA-ES per iteration, in the new dream."""
     real_eval_every: int = 0
     """Every N generations of an iteration's evolution its mean plays a real check (0: as often
-    as in the first evolution, evolve.real_eval_every)."""
+    as in the first evolution, evolve.real_eval_every; never where it had none)."""
     restart: bool = True
     """Each iteration restarts CMA-ES around the run's agent with sigma0 (False: continue its
     state, whose mean may have drifted from the agent the real checks chose; README)."""
