@@ -194,6 +194,11 @@ def test_an_unknown_done_rule_in_config_json_names_the_key(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.endswith("config.json: evolve.done must be one of threshold, likely, sample, "
                         'got "coin"')  # refused as the file is read, naming it
+    # A config built in code is refused by the same check before any generation.
+    for bad, named in (({"done": "coin"}, "evolve.done"), ({"where": "gym"}, "evolve.where")):
+        with pytest.raises(UserError, match=f"{named} must be one of"):
+            evolve(run, _config(**bad), progress=False)
+    assert not RunPaths(run).es_state.exists()
 
 
 def test_missing_models_are_one_line_errors(tmp_path, capsys):

@@ -225,6 +225,26 @@ def test_negative_real_eval_every_is_one_line(base_run, tmp_path, capsys):
                 progress=False)
 
 
+def _record_agents(monkeypatch, paths: RunPaths) -> tuple[list, list]:
+    """Lists that fill as iterate runs: the C each iteration plays, and the CMA-ES mean before
+    and after each evolution (two entries per iteration)."""
+    played, means = [], []
+    real_params, real_evolve = iterate_module.exploring_params, iterate_module.evolve
+
+    def record_params(params, plan):
+        played.append(params.copy())
+        return real_params(params, plan)
+
+    def record_means(*args, **kwargs):
+        means.append(load_es(paths.es_state, load_state(paths.es_state)).mean.copy())
+        state = real_evolve(*args, **kwargs)
+        means.append(load_es(paths.es_state, state).mean.copy())
+        return state
+    monkeypatch.setattr(iterate_module, "exploring_params", record_params)
+    monkeypatch.setattr(iterate_module, "evolve", record_means)
+    return played, means
+
+
 def test_an_iteration_starts_from_the_best_agent_so_far(base_run, tmp_path, monkeypatch):
     # Iteration 1 checked worse than the first evolution's agent: iteration 2 plays and
     # restarts CMA-ES around the first agent's C, not iteration 1's.
@@ -235,18 +255,7 @@ def test_an_iteration_starts_from_the_best_agent_so_far(base_run, tmp_path, monk
     assert not np.array_equal(first, np.load(run / "iterations" / "01" / "controller.npy"))
     save_json({"iteration": 0, "real_check": 1e9}, run / "iterations" / "00" / "agent.json")
     shutil.copy(run / "iterations" / "01" / "controller.npy", paths.controller)
-    played, means = [], []
-    real_params, real_evolve = iterate_module.exploring_params, iterate_module.evolve
-
-    def record_params(params, plan):
-        played.append(params.copy())
-        return real_params(params, plan)
-
-    def record_mean(*args, **kwargs):
-        means.append(load_es(paths.es_state, load_state(paths.es_state)).mean.copy())
-        return real_evolve(*args, **kwargs)
-    monkeypatch.setattr(iterate_module, "exploring_params", record_params)
-    monkeypatch.setattr(iterate_module, "evolve", record_mean)
+    played, means = _record_agents(monkeypatch, paths)
     iterate(run, dataclasses.replace(CONFIG.iterate, iterations=2), data, progress=False)
     np.testing.assert_array_equal(played[0], first)
     np.testing.assert_allclose(means[0], first, rtol=1e-6)
@@ -259,20 +268,7 @@ def test_without_real_checks_each_iteration_builds_on_the_last_mean(dream_only_r
     run, data = _copy(dream_only_run, tmp_path)
     paths = RunPaths(run)
     first = np.load(paths.controller)
-    played, means = [], []
-    real_params, real_evolve = iterate_module.exploring_params, iterate_module.evolve
-
-    def record_params(params, plan):
-        played.append(params.copy())
-        return real_params(params, plan)
-
-    def record_mean(*args, **kwargs):
-        means.append(load_es(paths.es_state, load_state(paths.es_state)).mean.copy())
-        state = real_evolve(*args, **kwargs)
-        means.append(load_es(paths.es_state, state).mean.copy())
-        return state
-    monkeypatch.setattr(iterate_module, "exploring_params", record_params)
-    monkeypatch.setattr(iterate_module, "evolve", record_mean)
+    played, means = _record_agents(monkeypatch, paths)
     rows = iterate(run, dataclasses.replace(CONFIG.iterate, iterations=2), data, progress=False)
     assert [r["step"] for r in rows] == [1, 2] and all(np.isnan(r["real_check"]) for r in rows)
     assert not (paths.logs / "evolve_real.csv").exists()  # no real check was played

@@ -23,6 +23,7 @@ from worldmodels.data.latents import (
     write_latents,
 )
 from worldmodels.env.dream import BatchedDream
+from worldmodels.errors import UserError
 from worldmodels.logger import read_csv
 from worldmodels.models.mdnrnn import MDNRNN
 from worldmodels.run import RunPaths
@@ -277,6 +278,11 @@ def test_a_cosine_learning_rate_decays_per_epoch_and_a_bad_schedule_is_refused(
     assert main(["train-mdnrnn", "--run", str(bad)]) == 2
     line = _one_error_line(capsys)
     assert "config.json: mdnrnn.lr_schedule must be one of constant, cosine" in line
+    assert not (bad / "mdnrnn.pt").exists()
+    # A config built in code, not read from a file, is refused before training too.
+    with pytest.raises(UserError, match="mdnrnn.lr_schedule must be one of constant, cosine"):
+        train_mdnrnn(bad, MDNRNNConfig(**{**vars(TINY), "lr_schedule": "cosin"}),
+                     progress=False)
     assert not (bad / "mdnrnn.pt").exists()
 
 

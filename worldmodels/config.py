@@ -409,11 +409,21 @@ def from_dict(cls: type[T], data: Any, source: str | None = None, _prefix: str =
             kwargs[name] = from_dict(kind, value, source, f"{_prefix}{name}.")
         else:
             kwargs[name] = _checked_value(kind, value, source, _prefix + name)
-            names = known[name].metadata.get("choices")
-            if names is not None and value not in names:
-                raise UserError(f"{source}: {_prefix}{name} must be one of {', '.join(names)}, "
-                                f"got {_shown(value)}")
+            _check_choice(known[name], value, source, _prefix + name)
     return cls(**kwargs)
+
+
+def check_choices(config: Any, source: str, section: str) -> None:
+    """Refuse a `choice` field of `config` (a stage's config, also one built in code) whose
+    value is not one of its names, as `from_dict` does for a file."""
+    for f in fields(config):
+        _check_choice(f, getattr(config, f.name), source, f"{section}.{f.name}")
+
+
+def _check_choice(f: dataclasses.Field, value: Any, source: str, key: str) -> None:
+    names = f.metadata.get("choices")
+    if names is not None and value not in names:
+        raise UserError(f"{source}: {key} must be one of {', '.join(names)}, got {_shown(value)}")
 
 
 def with_settings(config: PipelineConfig, settings: list[str]) -> PipelineConfig:

@@ -55,14 +55,7 @@ from worldmodels.config import (
 from worldmodels.data.rollouts import encode_episode, episode_path, list_episodes
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError, require_finite
-from worldmodels.evolve.cmaes import (
-    EvolveState,
-    evolve,
-    evolved_config,
-    load_state,
-    restart,
-    save_state,
-)
+from worldmodels.evolve.cmaes import evolve, evolved_config, load_state, restart, save_state
 from worldmodels.logger import RunLogger, read_csv
 from worldmodels.npfiles import read_npz
 from worldmodels.progress import progress_bar
@@ -168,11 +161,6 @@ def _steps(path: Path) -> int:
     return len(read_npz(path, ["reward"])["reward"])
 
 
-def real_check(state: EvolveState) -> float | None:
-    """The real check of the evolution's agent; None where none was played."""
-    return state.selected_real if state.selected_params is not None else None
-
-
 def snapshot(paths: RunPaths, iteration: int, real: float | None) -> None:
     """Copy the agent's files atomically; agent.json, written last, marks a whole snapshot."""
     out = paths.root / "iterations" / f"{iteration:02d}"
@@ -217,7 +205,7 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
     state = from_dict(IterateState, load_json(state_path)) if state_path.exists() \
         else IterateState()
     if not (paths.root / "iterations" / "00" / "agent.json").exists():
-        snapshot(paths, 0, real_check(load_state(paths.es_state)))
+        snapshot(paths, 0, load_state(paths.es_state).agent_real_check)
     # A kill between an iteration's row and iterate.json redoes nothing but drops the row.
     logger = RunLogger(paths.logs, "iterate", keep_through=state.completed)
     try:
@@ -248,7 +236,7 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
                 e_config.real_eval_every = config.real_eval_every
             es_state = evolve(paths.root, e_config, resume=True, address=address,
                               progress=progress, device=device)
-            real = real_check(es_state)
+            real = es_state.agent_real_check
             snapshot(paths, it, real)
             m_row = read_csv(paths.logs / "mdnrnn.csv")[-1]
             e_row = read_csv(paths.logs / "evolve.csv")[-1]

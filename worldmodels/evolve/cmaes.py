@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from worldmodels import atomic
 from worldmodels.agent import WorldModel
-from worldmodels.config import DONE_RULES, EVOLVE_IN, EvolveConfig, from_dict
+from worldmodels.config import EvolveConfig, check_choices, from_dict
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError, require_finite
 from worldmodels.evolve import safe_pickle
@@ -66,16 +66,17 @@ class EvolveState:
     selected_real: float = -np.inf  # its real check
     selected_generation: int = 0
 
+    @property
+    def agent_real_check(self) -> float | None:
+        """The real check of the agent (RUN/controller.npy); None where none was played and
+        the agent is the last mean."""
+        return self.selected_real if self.selected_params is not None else None
+
 
 def validate(config: EvolveConfig) -> None:
     # Named as config keys too: the value may come from RUN/config.json, not from a flag.
-    if config.where not in EVOLVE_IN:
-        raise UserError(f"evolve.where (config.json or --in) must be dream or real, got "
-                        f"{config.where!r}")
+    check_choices(config, "config.json or a flag", "evolve")  # where, done
     require_finite("evolve.tau (config.json or --tau)", config.tau, above=0)
-    if config.done not in DONE_RULES:
-        raise UserError(f"evolve.done (config.json or --done) must be one of "
-                        f"{', '.join(DONE_RULES)}, got {config.done!r}")
     if config.popsize < 2:
         raise UserError(f"evolve.popsize (config.json or --popsize) must be >= 2 (CMA-ES "
                         f"needs a population), got {config.popsize}")
@@ -278,9 +279,9 @@ def cli_evolve(args: argparse.Namespace) -> int:
         config.envs_per_worker = args.envs_per_worker
     state = evolve(args.run, config, resume=args.resume, address=args.address,
                    device=str(resolve_device(args.device)))
-    chosen = (f"the mean of generation {state.selected_generation} (real check "
-              f"{state.selected_real:.1f})" if state.selected_params is not None
-              else "the last CMA-ES mean")
+    real = state.agent_real_check
+    chosen = (f"the mean of generation {state.selected_generation} (real check {real:.1f})"
+              if real is not None else "the last CMA-ES mean")
     print(f"evolve: {state.generation} generations, best fitness {state.best_fitness:.1f}; "
           f"C ({chosen}) -> {paths.controller}")
     return 0

@@ -36,7 +36,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from worldmodels import checkpoint
-from worldmodels.config import MDNRNNConfig
+from worldmodels.config import MDNRNNConfig, check_choices
 from worldmodels.data.latents import (
     SequenceBatch,
     SequenceSampler,
@@ -48,7 +48,6 @@ from worldmodels.data.rollouts import split_holdout
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
 from worldmodels.logger import RunLogger
-from worldmodels.models.mdn import check_mixture
 from worldmodels.models.mdnrnn import MDNRNN, DropoutMasks, LSTMState, check_dropout
 from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
@@ -232,7 +231,7 @@ def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
                  progress: bool = True, device: str = "cpu") -> None:
     """Train (or with `resume`, continue) M of `run` on RUN/latents (made by `encode`)."""
     check_dropout(config.dropout)
-    check_mixture(config.mixture)
+    check_choices(config, "config.json or a flag", "mdnrnn")  # mixture, lr_schedule
     paths = RunPaths(Path(run))
     paths.writable()
     paths.require(paths.vae, "train-vae")
