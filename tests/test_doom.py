@@ -65,6 +65,32 @@ def test_dying_ends_a_collected_episode_with_done_and_the_time_limit_does_not():
     np.testing.assert_array_equal(short.action, episode.action[:15])  # seeded
 
 
+def test_the_skip4_game_holds_each_action_4_tics_and_still_scores_tics():
+    skip = get_game("doom-takecover-skip4")
+    assert skip.max_steps == doom.MAX_STEPS // 4 and skip.actions == DOOM.actions
+
+    def stand(game):  # a player who never moves, until death
+        env = game.make_env()
+        env.reset(seed=3)
+        rewards, terminated = [], False
+        while not terminated:
+            _, reward, terminated, truncated, _ = env.step(np.zeros(1, np.float32))
+            rewards.append(reward)
+            assert not truncated
+        env.close()
+        return rewards
+
+    per_tic, per_4_tics = stand(DOOM), stand(skip)
+    # The same death at the same tic: 4 tics a step, +1 each, the last step cut short.
+    assert sum(per_4_tics) == sum(per_tic) == len(per_tic)
+    assert len(per_4_tics) == -(-len(per_tic) // 4) and set(per_4_tics[:-1]) == {4.0}
+    cut = skip.make_env(max_steps=5)
+    cut.reset(seed=3)
+    steps = [cut.step(np.array([0.9], np.float32)) for _ in range(5)]
+    cut.close()
+    assert steps[-1][3] and sum(s[1] for s in steps) == 20.0  # 5 steps = 20 tics, truncated
+
+
 def test_a_hit_that_does_not_kill_flashes_the_screen_red():
     # vizdoom's own take_cover.cfg hides the flash; without it a hit leaves no trace on screen.
     env = DOOM.make_env()

@@ -9,7 +9,10 @@ C drives one continuous output in [-1, 1] (tanh), thresholded as in the paper: b
 moves left, above 1/3 moves right, otherwise the player stays. The dream and M see the
 continuous value; only the real game sees the three buttons. Frames: the 320x240 screen
 (no HUD) resized to 64x64, with the red flash of a hit, which vizdoom's own take_cover.cfg
-turns off. A hit takes 21 to 63 of the player's 100 health, so one to three hits kill:
+turns off. `doom-takecover-skip4` is the same game with each of C's actions held for 4 tics
+(vizdoom's frame skip; the step's reward is the tics survived, so a return still counts tics,
+at most 2100): a quarter of the steps for V, M, the dream and C per second of play.
+A hit takes 21 to 63 of the player's 100 health, so one to three hits kill:
 without the flash a hit that does not kill leaves no trace on screen, and neither V nor M can
 tell a player who may die at the next hit from one who has not been hit. `vizdoom` is an
 optional extra: `pip install 'worldmodels[doom]'`.
@@ -27,7 +30,8 @@ from worldmodels.env.game import ActionSpace, Game
 from worldmodels.errors import UserError
 
 FRAME_SIZE = 64
-MAX_STEPS = 2100
+MAX_STEPS = 2100  # tics: the paper's 60 s at 35 tics/s
+SKIP = 4  # tics per step of doom-takecover-skip4
 THRESHOLD = 1 / 3
 STAY, RIGHT, LEFT = 0, 1, 2  # the gymnasium wrapper's Discrete(3): no button, then one each
 INSTALL = "pip install 'worldmodels[doom]'"
@@ -76,13 +80,19 @@ def require_vizdoom() -> None:
         raise UserError(f"--env doom-takecover needs vizdoom: {INSTALL}") from None
 
 
-def make_env(max_steps: int | None = None, render_mode: str | None = None) -> gym.Env:
-    """VizdoomTakeCover-v1 with 64x64 frames, one continuous action, at most `max_steps`
-    steps (default 2100, the paper's limit)."""
+def make_env(max_steps: int | None = None, render_mode: str | None = None,
+             frame_skip: int = 1) -> gym.Env:
+    """VizdoomTakeCover-v1 with 64x64 frames, one continuous action held for `frame_skip`
+    tics, at most `max_steps` steps (default the paper's 2100 tics)."""
     require_vizdoom()
-    env = gym.make("VizdoomTakeCover-v1", render_mode=render_mode,
-                   max_episode_steps=max_steps or MAX_STEPS, render_screen_flashes=True)
+    env = gym.make("VizdoomTakeCover-v1", render_mode=render_mode, frame_skip=frame_skip,
+                   max_episode_steps=max_steps or MAX_STEPS // frame_skip,
+                   render_screen_flashes=True)
     return TakeCover(env)
+
+
+def make_env_skip(max_steps: int | None = None, render_mode: str | None = None) -> gym.Env:
+    return make_env(max_steps, render_mode, frame_skip=SKIP)
 
 
 def squash(raw: Tensor) -> Tensor:
@@ -96,3 +106,7 @@ ACTIONS = ActionSpace(low=np.array([-1.0], np.float32), high=np.array([1.0], np.
 DOOM_TAKECOVER = Game(name="doom-takecover", title="VizDoom Take Cover", actions=ACTIONS,
                        make_env=make_env, policies=("random", "repeat"), max_steps=MAX_STEPS,
                        fps=35, require=require_vizdoom)
+
+DOOM_TAKECOVER_SKIP4 = Game(name="doom-takecover-skip4", title="VizDoom Take Cover, 4 tics a step",
+                            actions=ACTIONS, make_env=make_env_skip, policies=("random", "repeat"),
+                            max_steps=MAX_STEPS // SKIP, fps=35 // SKIP, require=require_vizdoom)
