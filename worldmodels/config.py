@@ -341,8 +341,9 @@ def _preset_doom_skip4() -> PipelineConfig:
     # doom-small's recipe on `doom-takecover-skip4`, where C's action holds for 4 tics: step
     # limits in steps (525 = the 2,100 tics), a quarter of the steps for M and the dream.
     # Per tic M barely uses the action (negating it costs 0.6 nats a step of 25.6, against 4.8
-    # at 4 tics), so its dream rewarded no dodging; on copied V files, four rounds of this
-    # scored 493 and 346 on 50 comparison episodes, where doom-small's six scored 384 and 302.
+    # at 4 tics), so its dream rewarded no dodging. On copied V files this scored 608 and 415
+    # on 50 comparison episodes against doom-small's 384 and 302; from empty directories 284
+    # and 455 against 351 and 268 (README).
     config = _preset_doom_small()
     config.preset, config.env = "doom-skip4", "doom-takecover-skip4"
     config.collect.max_steps = config.evaluate.max_steps = config.iterate.max_steps = 525
