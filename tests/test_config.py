@@ -34,6 +34,15 @@ def test_wrong_types_and_shapes_are_named_by_key(tmp_path, data, message):
         load_run_config(paths)
 
 
+def test_a_new_run_draws_its_own_id_and_keeps_it(tmp_path):
+    first, second = RunPaths(tmp_path / "a"), RunPaths(tmp_path / "b")
+    first.root.mkdir(), second.root.mkdir()
+    made = load_run_config(first, default=PipelineConfig(seed=3))
+    assert len(made.run_id) == 12 and int(made.run_id, 16) >= 0 and made.seed == 3
+    assert load_run_config(first) == made  # read back, not drawn again
+    assert load_run_config(second).run_id != made.run_id
+
+
 @dataclass
 class Inner:  # fields like those other stages add (a dropout rate, a flag)
     tbptt: bool = False

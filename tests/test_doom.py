@@ -183,8 +183,8 @@ def test_doom_tiny_pipeline_end_to_end_on_the_real_vizdoom(tmp_path, ray_session
     assert read_episode(episodes[0]).action.shape[1] == 1
     # An iteration in the dream alone: the agent's episodes teach M, no real check chooses C.
     played = [read_episode(e) for e in episodes[tiny.collect.episodes:]]
-    assert all(e.policy.startswith("agent:iteration=1") and e.action.shape[1] == 1
-               for e in played)
+    assert all(e.policy.startswith(f"agent:run={saved['run_id']}:iteration=1")
+               and e.action.shape[1] == 1 for e in played)
     assert json.loads((run / "iterations" / "01" / "agent.json").read_text())["real_check"] \
         is None
     assert (run / "iterations" / "01" / "controller.npy").read_bytes() == \

@@ -186,6 +186,9 @@ class PipelineConfig:
     """The game the agent learns (`--env`): carracing or doom-takecover."""
     seed: int = 0
     """The run's seed (`pipeline --seed`): every stage's seed derives from it (`with_seed`)."""
+    run_id: str = ""
+    """Drawn when the run's config.json is first written, so files the run leaves in a shared
+    data directory say whose they are ("": a run made before run ids)."""
     collect: CollectConfig = field(default_factory=CollectConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
@@ -358,7 +361,8 @@ def generations_through(evolve: EvolveConfig, iterate: IterateConfig, iteration:
 
 
 # One collection's block of seeds: run seed S collects from 10,000 S (below 1,000,000, where
-# the evaluation seeds start), iterate's iteration k plays AGENT_SEED + 10,000 k + j, and
+# the evaluation seeds start), iterate's iteration k of run seed S plays
+# AGENT_SEED + 1,000,000 S + 10,000 k + j (iterate.RUN_SEED_BLOCK), and
 # the held-out split (data.rollouts.split_holdout) is made per block.
 SEED_BLOCK = 10_000
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +79,7 @@ def load_run_config(paths: RunPaths, default: PipelineConfig | None = None) -> P
             raise UserError(f"{paths.config}: unknown env {config.env!r}; choose one of "
                             f"{', '.join(GAMES)}")
         return config
-    config = default or PipelineConfig()
+    config = dataclasses.replace(default or PipelineConfig(), run_id=uuid.uuid4().hex[:12])
     paths.writable()
     save_json(config, paths.config)
     return config
