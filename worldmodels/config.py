@@ -361,8 +361,7 @@ def generations_through(evolve: EvolveConfig, iterate: IterateConfig, iteration:
 
 
 # One collection's block of seeds: run seed S collects from 10,000 S (below 1,000,000, where
-# the evaluation seeds start), iterate's iteration k of run seed S plays
-# AGENT_SEED + 1,000,000 S + 10,000 k + j (iterate.RUN_SEED_BLOCK), and
+# the evaluation seeds start), iterate's iteration k plays AGENT_SEED + 10,000 k + j, and
 # the held-out split (data.rollouts.split_holdout) is made per block.
 SEED_BLOCK = 10_000
 

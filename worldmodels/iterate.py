@@ -11,9 +11,9 @@ agent is the latest one.
 1. collect: `episodes` real episodes with the run's agent (V + M + C), the first
    `noisy_fraction` of them with Gaussian noise of std `noise` on C's parameters (drawn per
    episode from its seed), as episode files next to the first rollouts (V's data directory),
-   seeds AGENT_SEED + 1,000,000 S + 10,000 i + j for run seed S; each file's `policy` names
-   the run (its `run_id`), iteration and noise, so an episode another run left under one of
-   these seeds (a shared or borrowed data directory) is refused rather than taken as its own;
+   seeds AGENT_SEED + 10,000 i + j; each file's `policy` names the run (its `run_id`),
+   iteration and noise, so an episode another run left under one of these seeds (a shared or
+   borrowed data directory) is refused rather than taken as its own;
 2. encode only those new episodes with the same V;
 3. continue M from its checkpoint on all the data for `mdnrnn_epochs` more epochs;
 4. evolve `generations` more generations in the new dream: with `restart`, from a fresh
@@ -67,7 +67,6 @@ from worldmodels.train.encode import default_data, encode
 from worldmodels.train.mdnrnn import train_mdnrnn
 
 AGENT_SEED = 5_000_000  # agent episodes: away from the data (0+), evaluation and selection seeds
-RUN_SEED_BLOCK = 1_000_000  # one run seed's agent episodes: up to 100 iterations of SEED_BLOCK
 FILES = ("mdnrnn.pt", "mdnrnn.json", "controller.npy")  # one snapshot of the agent
 
 
@@ -78,22 +77,21 @@ class IterateState:
 
 
 def check(config: IterateConfig) -> None:
-    if not (0 <= config.iterations < RUN_SEED_BLOCK // SEED_BLOCK
-            and 1 <= config.episodes <= SEED_BLOCK and config.real_eval_every >= 0):
-        raise UserError(f"iterate needs iterations in [0, {RUN_SEED_BLOCK // SEED_BLOCK}), "
-                        f"episodes in [1, {SEED_BLOCK}] and real_eval_every >= 0, got "
-                        f"{config.iterations}, {config.episodes} and {config.real_eval_every}")
+    if not (config.iterations >= 0 and 1 <= config.episodes <= SEED_BLOCK
+            and config.real_eval_every >= 0):  # an iteration's seeds stay in its own block
+        raise UserError(f"iterate needs iterations >= 0, episodes in [1, {SEED_BLOCK}] and "
+                        f"real_eval_every >= 0, got {config.iterations}, {config.episodes} and "
+                        f"{config.real_eval_every}")
     require_finite("--noise", config.noise, at_least=0)
     if not 0 <= config.noisy_fraction <= 1:
         raise UserError(f"iterate.noisy_fraction must be in [0, 1], got {config.noisy_fraction}")
 
 
-def episode_plan(config: IterateConfig, iteration: int,
-                 run_seed: int = 0) -> list[tuple[int, float]]:
-    """(seed, noise) of each episode of an iteration; runs of other seeds use other seeds."""
+def episode_plan(config: IterateConfig, iteration: int) -> list[tuple[int, float]]:
+    """(seed, noise) of each episode of an iteration."""
     noisy = round(config.episodes * config.noisy_fraction)
-    first = AGENT_SEED + RUN_SEED_BLOCK * run_seed + SEED_BLOCK * iteration
-    return [(first + j, config.noise if j < noisy else 0.0) for j in range(config.episodes)]
+    return [(AGENT_SEED + SEED_BLOCK * iteration + j, config.noise if j < noisy else 0.0)
+            for j in range(config.episodes)]
 
 
 def agent_label(run_id: str, iteration: int, noise: float | None = None) -> str:
@@ -146,7 +144,7 @@ def collect_agent(run: Path, data: Path, config: IterateConfig, iteration: int,
                   address: str | None, progress: bool, device: str = "cpu") -> list[Path]:
     """Play the iteration's missing episodes into `data`; returns all its episode files."""
     run_config = load_run_config(RunPaths(run))
-    plan = episode_plan(config, iteration, run_config.seed)
+    plan = episode_plan(config, iteration)
     files = [episode_path(data, seed) for seed, _ in plan]
     todo = []
     for (seed, noise), path in zip(plan, files, strict=True):
