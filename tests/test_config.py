@@ -72,7 +72,7 @@ def test_a_bad_config_value_names_the_key_not_a_flag(tmp_path, capsys):
     (run / "controller.npy").write_bytes(b"")
     assert main(["evaluate", "--run", str(run), "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("evaluate.episodes (config.json or --episodes) must be >= 1, got -3")
+    assert err.endswith(f"{RunPaths(run).config}: evaluate.episodes must be > 0, got -3")
 
 
 def test_set_changes_preset_values_by_key_and_type():
@@ -98,6 +98,13 @@ def test_set_changes_preset_values_by_key_and_type():
     ("mdnrnn.lr_schedule=cosin", "mdnrnn.lr_schedule must be one of constant, cosine"),
     ("evolve.done=maybe", "evolve.done must be one of threshold, likely, sample"),
     ("evolve.where=gym", "evolve.where must be one of dream, real"),
+    # Bounds, refused when the config is made, not when their stage starts an hour later.
+    ("mdnrnn.dropout=2", "--set: mdnrnn.dropout must be in [0, 1), got 2.0"),
+    ("mdnrnn.seq_len=0", "--set: mdnrnn.seq_len must be > 0, got 0"),
+    ("evolve.popsize=1", "--set: evolve.popsize must be >= 2, got 1"),
+    ("vae.batch_size=-4", "--set: vae.batch_size must be > 0, got -4"),
+    ("iterate.noisy_fraction=1.5", "--set: iterate.noisy_fraction must be in [0, 1], got 1.5"),
+    ("iterate.episodes=10001", "--set: iterate.episodes must be in [1, 10000], got 10001"),
 ])
 def test_a_bad_set_is_named(setting, message):
     with pytest.raises(UserError, match=re.escape(message)):
@@ -115,4 +122,9 @@ def test_a_bad_set_is_one_line_and_exit_2_before_anything_is_written(tmp_path, c
     assert main(["pipeline", "--preset", "tiny", "--run", str(run),
                  "--set", "mdnrnn.mixture=jont"]) == 2
     assert "mdnrnn.mixture must be one of factorised, joint" in capsys.readouterr().err
+    assert not RunPaths(run).config.exists() and not (run / "data").exists()
+    # So is a number outside its field's bounds.
+    assert main(["pipeline", "--preset", "tiny", "--run", str(run),
+                 "--set", "evaluate.episodes=0"]) == 2
+    assert capsys.readouterr().err.strip().endswith("evaluate.episodes must be > 0, got 0")
     assert not RunPaths(run).config.exists() and not (run / "data").exists()

@@ -165,8 +165,8 @@ def test_killed_ray_worker_does_not_stop_a_generation(tmp_path, ray_session):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--rollouts", "2", "--popsize", "0"], "evolve.popsize (config.json or --popsize)"),
-    (["--popsize", "1"], "evolve.popsize (config.json or --popsize) must be >= 2"),
+    (["--rollouts", "2", "--popsize", "0"], "evolve.popsize must be >= 2, got 0"),
+    (["--popsize", "1"], "config.json or a flag: evolve.popsize must be >= 2, got 1"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, flags, message):
     run = make_run(tmp_path)
@@ -182,7 +182,7 @@ def test_a_bad_tau_in_config_json_names_the_key(tmp_path, capsys):
     save_json(config, RunPaths(run).config)
     assert main(["evolve", "--run", str(run), "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("evolve.tau (config.json or --tau) must be a finite number > 0, got 0.0")
+    assert err.endswith(f"{RunPaths(run).config}: evolve.tau must be > 0, got 0.0")
 
 
 def test_an_unknown_done_rule_in_config_json_names_the_key(tmp_path, capsys):

@@ -25,157 +25,179 @@ DONE_RULES = ("threshold", "likely", "sample")
 
 
 def choice(default: str, names: tuple[str, ...]) -> Any:
-    """A string field that takes one of `names` (checked by `from_dict`)."""
+    """A string field that takes one of `names` (checked by `from_dict` and `check_fields`)."""
     return field(default=default, metadata={"choices": names})
+
+
+def bounded(default: float, low: float, high: float = math.inf, high_open: bool = False,
+            low_open: bool = False) -> Any:
+    """A number field that must lie in [low, high] (an end left out when `*_open`), checked
+    with the choices, so a pipeline refuses a bad value before its first stage, not when the
+    stage that uses it starts an hour later."""
+    return field(default=default, metadata={"bounds": (low, high, low_open, high_open)})
+
+
+def positive(default: float) -> Any:
+    return bounded(default, 0, low_open=True)
+
+
+def non_negative(default: float) -> Any:
+    return bounded(default, 0)
 
 
 Z_SIZE = 32
 ACTION_SIZE = 3
 
+# One collection's block of seeds: run seed S collects from 10,000 S (below 1,000,000, where
+# the evaluation seeds start), iterate's iteration k plays AGENT_SEED + 10,000 k + j, and
+# the held-out split (data.rollouts.split_holdout) is made per block.
+SEED_BLOCK = 10_000
+
 
 @dataclass
 class CollectConfig:
-    episodes: int = 10
+    episodes: int = positive(10)
     """Number of episodes to collect (one .npz file each)."""
-    max_steps: int = 1000
+    max_steps: int = positive(1000)
     """Steps per episode at most (CarRacing itself truncates at 1000)."""
     policy: str = "brownian"
     """Data policy: `random` (uniform actions) or `brownian` (smoothly varying actions)."""
-    seed: int = 0
+    seed: int = non_negative(0)
     """Episode i uses seed `seed + i`, for the track and for the policy."""
-    workers: int = 2
+    workers: int = non_negative(2)
     """Ray workers; 0 runs in-process without Ray."""
 
 
 @dataclass
 class VAEConfig:
-    z_size: int = Z_SIZE
+    z_size: int = positive(Z_SIZE)
     """Size of the latent z."""
-    kl_tolerance: float = 0.5
+    kl_tolerance: float = non_negative(0.5)
     """Free bits: the KL term is max(KL, kl_tolerance * z_size)."""
-    epochs: int = 10
-    batch_size: int = 100
-    learning_rate: float = 1e-4
-    shuffle_buffer: int = 10_000
+    epochs: int = positive(10)
+    batch_size: int = positive(100)
+    learning_rate: float = positive(1e-4)
+    shuffle_buffer: int = positive(10_000)
     """Frames held in the streaming shuffle buffer (memory does not grow with data)."""
-    holdout_episodes: float = 0.1
+    holdout_episodes: float = bounded(0.1, 0, 1, high_open=True)
     """Fraction of each collection's episodes held out for validation (at least one episode
     when there are two or more; data.rollouts.split_holdout)."""
-    max_frames_per_epoch: int = 0
+    max_frames_per_epoch: int = non_negative(0)
     """Stop an epoch after this many frames; 0 means all of them."""
-    seed: int = 0
+    seed: int = non_negative(0)
 
 
 @dataclass
 class MDNRNNConfig:
-    z_size: int = Z_SIZE
-    action_size: int = ACTION_SIZE
-    hidden_size: int = 256
+    z_size: int = positive(Z_SIZE)
+    action_size: int = positive(ACTION_SIZE)
+    hidden_size: int = positive(256)
     """LSTM units."""
-    gaussians: int = 5
+    gaussians: int = positive(5)
     """Mixture components (per latent dimension when factorised)."""
     mixture: str = choice("factorised", MIXTURES)
     """The head for z_{t+1}: `factorised` (the paper: each dimension its own mixture, picked
     independently) or `joint` (K diagonal Gaussians over all of z, one pick per step)."""
-    epochs: int = 20
-    seq_len: int = 100
+    epochs: int = positive(20)
+    seq_len: int = positive(100)
     """Steps per window of truncated backpropagation."""
     carry_state: bool = True
     """Long-horizon training: each batch row walks its episodes window after window from
     step 0, carrying the (detached) LSTM state across windows, so M learns h as the dream
     sees it at step 500. False: independent windows from h = 0 at random places."""
-    dropout: float = 0.0
+    dropout: float = bounded(0.0, 0, 1, high_open=True)
     """Variational dropout on the LSTM's input and recurrent state, in training and in the
     dream (one mask per dream rollout); 0 turns it off."""
-    batch_size: int = 32
-    learning_rate: float = 1e-3
+    batch_size: int = positive(32)
+    learning_rate: float = positive(1e-3)
     lr_schedule: str = choice("constant", LR_SCHEDULES)
     """`constant`, or `cosine`: epoch e of E trains at learning_rate * (1 + cos(pi e / E)) / 2,
     so M ends after steps at a small rate, not wherever its last full-rate steps took it."""
-    grad_clip: float = 1.0
-    reward_weight: float = 1.0
+    grad_clip: float = positive(1.0)
+    reward_weight: float = non_negative(1.0)
     """Weight of the reward regression loss next to the z NLL."""
-    done_weight: float = 1.0
+    done_weight: float = non_negative(1.0)
     """Weight of the done loss next to the z NLL."""
-    done_pos_weight: float = 0.0
+    done_pos_weight: float = non_negative(0.0)
     """BCE weight of positive (done) steps; 0 derives it from the data (negatives / positives)."""
-    holdout_episodes: float = 0.1
+    holdout_episodes: float = bounded(0.1, 0, 1, high_open=True)
     """As VAEConfig's: held out alike from the first rollouts and from each iteration's episodes."""
-    seed: int = 0
+    seed: int = non_negative(0)
 
 
 @dataclass
 class EvolveConfig:
     where: str = choice("dream", EVOLVE_IN)
     """Evaluate candidates in the `dream` (M) or in the `real` env."""
-    generations: int = 100
-    popsize: int = 64
-    rollouts: int = 16
+    generations: int = positive(100)
+    popsize: int = bounded(64, 2)
+    rollouts: int = positive(16)
     """Rollouts per candidate; fitness is their mean return."""
-    sigma0: float = 0.1
+    sigma0: float = positive(0.1)
     sees_cell: bool = False
     """C reads M's cell state c as well as [z, h], as the paper's Take Cover agent did."""
-    tau: float = 1.15
+    tau: float = positive(1.15)
     """Dream temperature."""
     done: str = choice("threshold", DONE_RULES)
     """How a dream obeys M's done head: `threshold` (ends where the class-weighted head says
     more likely than not), `likely` (where its calibrated probability does) or `sample` (a
     coin of the calibrated probability each step)."""
-    max_steps: int = 1000
+    max_steps: int = positive(1000)
     """Steps per rollout at most."""
-    workers: int = 2
+    workers: int = non_negative(2)
     """Ray actors; 0 evaluates serially in-process."""
-    envs_per_worker: int = 8
+    envs_per_worker: int = positive(8)
     """Real CarRacing envs each worker steps together (V, M and C batched over them)."""
-    real_eval_every: int = 10
+    real_eval_every: int = non_negative(10)
     """Every N generations (and after the last) the CMA-ES mean is scored in the real env on
     selection seeds; the agent is the mean with the best such check (0: never; the last mean)."""
-    real_eval_episodes: int = 8
-    real_eval_max_steps: int = 1000
+    real_eval_episodes: int = positive(8)
+    real_eval_max_steps: int = positive(1000)
     """Steps per real check episode: the full length, where the evaluation is."""
-    seed: int = 0
+    seed: int = non_negative(0)
 
 
 @dataclass
 class EvaluateConfig:
-    episodes: int = 100
-    seed: int = 1_000_000
+    episodes: int = positive(100)
+    seed: int = non_negative(1_000_000)
     """Evaluation seeds start here, away from the collection seeds."""
-    max_steps: int = 1000
-    workers: int = 2
+    max_steps: int = positive(1000)
+    workers: int = non_negative(2)
     """Ray actors; 0 runs the episodes in-process."""
-    envs_per_worker: int = 8
+    envs_per_worker: int = positive(8)
     """Real CarRacing envs each worker steps together (V, M and C batched over them)."""
-    random_episodes: int = 0
+    random_episodes: int = non_negative(0)
     """Episodes of the random-policy baseline in `pipeline` (0: as many as the agent's); it
     barely varies, so a preset may spend fewer on it."""
 
 
 @dataclass
 class IterateConfig:
-    iterations: int = 0
+    iterations: int = non_negative(0)
     """Rounds of iterative training after the first evolution (0: none)."""
-    episodes: int = 100
-    """Real episodes the agent plays per iteration (new data for M)."""
-    max_steps: int = 1000
+    episodes: int = bounded(100, 1, SEED_BLOCK)
+    """Real episodes the agent plays per iteration (new data for M; an iteration's seeds stay
+    in its own block)."""
+    max_steps: int = positive(1000)
     """Steps per collected episode: the full length, so M learns the second half too."""
-    noise: float = 0.1
+    noise: float = non_negative(0.1)
     """Std of the Gaussian noise added to C's parameters in an exploring episode."""
-    noisy_fraction: float = 0.5
+    noisy_fraction: float = bounded(0.5, 0, 1)
     """Fraction of each iteration's episodes played with noise (the rest with C itself)."""
-    mdnrnn_epochs: int = 30
+    mdnrnn_epochs: int = non_negative(30)
     """More epochs of M per iteration, on all the data."""
-    generations: int = 40
+    generations: int = non_negative(40)
     """More generations of CMA-ES per iteration, in the new dream."""
-    real_eval_every: int = 0
+    real_eval_every: int = non_negative(0)
     """Every N generations of an iteration's evolution its mean plays a real check (0: as often
     as in the first evolution, evolve.real_eval_every; never where it had none)."""
     restart: bool = True
     """Each iteration restarts CMA-ES around the run's agent with sigma0 (False: continue its
     state, whose mean may have drifted from the agent the real checks chose; README)."""
-    workers: int = 2
+    workers: int = non_negative(2)
     """Ray workers that play the episodes; 0 runs in-process without Ray."""
-    envs_per_worker: int = 8
+    envs_per_worker: int = positive(8)
     """CarRacing envs each worker steps together (V, M and C run on all their frames)."""
 
 
@@ -360,12 +382,6 @@ def generations_through(evolve: EvolveConfig, iterate: IterateConfig, iteration:
     return evolve.generations + iteration * iterate.generations
 
 
-# One collection's block of seeds: run seed S collects from 10,000 S (below 1,000,000, where
-# the evaluation seeds start), iterate's iteration k plays AGENT_SEED + 10,000 k + j, and
-# the held-out split (data.rollouts.split_holdout) is made per block.
-SEED_BLOCK = 10_000
-
-
 def with_seed(config: PipelineConfig, seed: int) -> PipelineConfig:
     """`config` for run seed `seed`: its own collection seeds, V and M initialisation and
     shuffling, and CMA-ES; the evaluation seeds stay the same, so runs are compared on the
@@ -409,7 +425,7 @@ T = TypeVar("T")
 
 def from_dict(cls: type[T], data: Any, source: str | None = None, _prefix: str = "") -> T:
     """Build a (nested) config dataclass from a dict, refusing unknown keys and values of
-    the wrong type or outside a `choice` field's names by name (`source` names the file:
+    the wrong type or outside a field's choices or bounds by name (`source` names the file:
     `config.json: mdnrnn.epochs must be an int, got "ten"`). Checked against the dataclass
     fields, so new fields are covered."""
     source = source or cls.__name__
@@ -429,21 +445,33 @@ def from_dict(cls: type[T], data: Any, source: str | None = None, _prefix: str =
             kwargs[name] = from_dict(kind, value, source, f"{_prefix}{name}.")
         else:
             kwargs[name] = _checked_value(kind, value, source, _prefix + name)
-            _check_choice(known[name], value, source, _prefix + name)
+            _check_field(known[name], kwargs[name], source, _prefix + name)
     return cls(**kwargs)
 
 
-def check_choices(config: Any, source: str, section: str) -> None:
-    """Refuse a `choice` field of `config` (a stage's config, also one built in code) whose
-    value is not one of its names, as `from_dict` does for a file."""
+def check_fields(config: Any, source: str, section: str) -> None:
+    """Refuse a field of `config` (a stage's config, also one built in code or changed by a
+    flag) outside its choices or bounds, as `from_dict` does for a file."""
     for f in fields(config):
-        _check_choice(f, getattr(config, f.name), source, f"{section}.{f.name}")
+        _check_field(f, getattr(config, f.name), source, f"{section}.{f.name}")
 
 
-def _check_choice(f: dataclasses.Field, value: Any, source: str, key: str) -> None:
+def _check_field(f: dataclasses.Field, value: Any, source: str, key: str) -> None:
     names = f.metadata.get("choices")
     if names is not None and value not in names:
         raise UserError(f"{source}: {key} must be one of {', '.join(names)}, got {_shown(value)}")
+    bounds = f.metadata.get("bounds")
+    if bounds is None:
+        return
+    low, high, low_open, high_open = bounds
+    if (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high):
+        return
+    if high == math.inf:
+        allowed = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    raise UserError(f"{source}: {key} must be {allowed}, got {_shown(value)}")
 
 
 def with_settings(config: PipelineConfig, settings: list[str]) -> PipelineConfig:

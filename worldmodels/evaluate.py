@@ -21,7 +21,7 @@ import numpy as np
 
 from worldmodels import atomic
 from worldmodels.agent import Agent, WorldModel, load_controller, run_episodes
-from worldmodels.config import EvaluateConfig, load_json, save_json
+from worldmodels.config import EvaluateConfig, check_fields, load_json, save_json
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
 from worldmodels.evolve.workers import make_evaluator
@@ -83,9 +83,7 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
     replaces the one made from `config.workers`."""
     if policy not in POLICIES:
         raise UserError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    if config.episodes < 1:
-        raise UserError(f"evaluate.episodes (config.json or --episodes) must be >= 1, got "
-                        f"{config.episodes}")
+    check_fields(config, "config.json or a flag", "evaluate")
     paths = RunPaths(Path(run))
     paths.writable()  # before the episodes: their scores must not be lost to a failed write
     world = WorldModel.from_run(paths.root)

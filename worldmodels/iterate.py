@@ -49,6 +49,7 @@ from worldmodels.atomic import write_bytes
 from worldmodels.config import (
     SEED_BLOCK,
     IterateConfig,
+    check_fields,
     from_dict,
     generations_through,
     load_json,
@@ -56,7 +57,7 @@ from worldmodels.config import (
 )
 from worldmodels.data.rollouts import encode_episode, episode_path, list_episodes
 from worldmodels.device import resolve_device
-from worldmodels.errors import UserError, require_finite
+from worldmodels.errors import UserError
 from worldmodels.evolve.cmaes import evolve, evolved_config, load_state, restart, save_state
 from worldmodels.logger import RunLogger, read_csv
 from worldmodels.npfiles import read_npz
@@ -77,14 +78,7 @@ class IterateState:
 
 
 def check(config: IterateConfig) -> None:
-    if not (config.iterations >= 0 and 1 <= config.episodes <= SEED_BLOCK
-            and config.real_eval_every >= 0):  # an iteration's seeds stay in its own block
-        raise UserError(f"iterate needs iterations >= 0, episodes in [1, {SEED_BLOCK}] and "
-                        f"real_eval_every >= 0, got {config.iterations}, {config.episodes} and "
-                        f"{config.real_eval_every}")
-    require_finite("--noise", config.noise, at_least=0)
-    if not 0 <= config.noisy_fraction <= 1:
-        raise UserError(f"iterate.noisy_fraction must be in [0, 1], got {config.noisy_fraction}")
+    check_fields(config, "config.json or a flag", "iterate")
 
 
 def episode_plan(config: IterateConfig, iteration: int) -> list[tuple[int, float]]:

@@ -43,9 +43,9 @@ from tqdm import tqdm
 
 from worldmodels import atomic
 from worldmodels.agent import WorldModel
-from worldmodels.config import EvolveConfig, check_choices, from_dict
+from worldmodels.config import EvolveConfig, check_fields, from_dict
 from worldmodels.device import resolve_device
-from worldmodels.errors import UserError, require_finite
+from worldmodels.errors import UserError
 from worldmodels.evolve import safe_pickle
 from worldmodels.evolve.workers import make_evaluator
 from worldmodels.logger import RunLogger
@@ -75,15 +75,7 @@ class EvolveState:
 
 def validate(config: EvolveConfig) -> None:
     # Named as config keys too: the value may come from RUN/config.json, not from a flag.
-    check_choices(config, "config.json or a flag", "evolve")  # where, done
-    require_finite("evolve.tau (config.json or --tau)", config.tau, above=0)
-    if config.popsize < 2:
-        raise UserError(f"evolve.popsize (config.json or --popsize) must be >= 2 (CMA-ES "
-                        f"needs a population), got {config.popsize}")
-    if config.rollouts < 1 or config.generations < 1 or config.max_steps < 1:
-        raise UserError("evolve.rollouts, generations and max_steps (config.json or flags) "
-                        "must be >= 1")
-    require_finite("evolve.sigma0 (config.json)", config.sigma0, above=0)
+    check_fields(config, "config.json or a flag", "evolve")
 
 
 def rollout_seeds(seed: int, generation: int, popsize: int, rollouts: int) -> np.ndarray:

@@ -36,7 +36,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from worldmodels import checkpoint
-from worldmodels.config import MDNRNNConfig, check_choices
+from worldmodels.config import MDNRNNConfig, check_fields
 from worldmodels.data.latents import (
     SequenceBatch,
     SequenceSampler,
@@ -48,7 +48,7 @@ from worldmodels.data.rollouts import split_holdout
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
 from worldmodels.logger import RunLogger
-from worldmodels.models.mdnrnn import MDNRNN, DropoutMasks, LSTMState, check_dropout
+from worldmodels.models.mdnrnn import MDNRNN, DropoutMasks, LSTMState
 from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
 
@@ -230,8 +230,7 @@ def evaluate(model: MDNRNN, sampler: SequenceSampler | None, config: MDNRNNConfi
 def train_mdnrnn(run: Path, config: MDNRNNConfig, resume: bool = False,
                  progress: bool = True, device: str = "cpu") -> None:
     """Train (or with `resume`, continue) M of `run` on RUN/latents (made by `encode`)."""
-    check_dropout(config.dropout)
-    check_choices(config, "config.json or a flag", "mdnrnn")  # mixture, lr_schedule
+    check_fields(config, "config.json or a flag", "mdnrnn")
     paths = RunPaths(Path(run))
     paths.writable()
     paths.require(paths.vae, "train-vae")
