@@ -176,7 +176,8 @@ def test_killed_and_rerun_equals_uninterrupted(request, tmp_path, monkeypatch, b
 
 def test_bad_input_is_one_line(base_run, tmp_path, capsys):
     run, data = _copy(base_run, tmp_path)
-    for flags, named in ((["--noise", "-1"], "--noise"), (["--noise", "nan"], "--noise")):
+    for flags, named in ((["--noise", "-1"], "iterate.noise must be >= 0, got -1.0"),
+                         (["--noise", "nan"], "iterate.noise must be >= 0, got nan")):
         assert main(["iterate", "--run", str(run), "--data", str(data), *flags]) == 2
         assert named in capsys.readouterr().err
     (run / "es.pickle").unlink()
