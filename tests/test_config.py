@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -10,7 +11,15 @@ import pytest
 from fake_run import make_run
 
 from worldmodels.cli import main
-from worldmodels.config import PRESETS, PipelineConfig, from_dict, preset, with_settings
+from worldmodels.config import (
+    PRESETS,
+    IterateConfig,
+    PipelineConfig,
+    check_fields,
+    from_dict,
+    preset,
+    with_settings,
+)
 from worldmodels.errors import UserError
 from worldmodels.run import RunPaths, load_run_config
 
@@ -99,16 +108,25 @@ def test_set_changes_preset_values_by_key_and_type():
     ("evolve.done=maybe", "evolve.done must be one of threshold, likely, sample"),
     ("evolve.where=gym", "evolve.where must be one of dream, real"),
     # Bounds, refused when the config is made, not when their stage starts an hour later.
-    ("mdnrnn.dropout=2", "--set: mdnrnn.dropout must be in [0, 1), got 2.0"),
+    ("mdnrnn.dropout=2", "--set: mdnrnn.dropout must be a finite number in [0, 1), got 2.0"),
     ("mdnrnn.seq_len=0", "--set: mdnrnn.seq_len must be > 0, got 0"),
     ("evolve.popsize=1", "--set: evolve.popsize must be >= 2, got 1"),
     ("vae.batch_size=-4", "--set: vae.batch_size must be > 0, got -4"),
-    ("iterate.noisy_fraction=1.5", "--set: iterate.noisy_fraction must be in [0, 1], got 1.5"),
+    ("iterate.noisy_fraction=1.5",
+     "--set: iterate.noisy_fraction must be a finite number in [0, 1], got 1.5"),
     ("iterate.episodes=10001", "--set: iterate.episodes must be in [1, 10000], got 10001"),
 ])
 def test_a_bad_set_is_named(setting, message):
     with pytest.raises(UserError, match=re.escape(message)):
         with_settings(preset("small"), [setting])
+
+
+def test_a_config_built_in_code_is_checked_too():
+    # A flag can set a field the file never had: infinity passes an open-ended bound's
+    # comparison but is refused (it would run and give nan dreams).
+    with pytest.raises(UserError, match=r"iterate.noise must be a finite number >= 0, got inf"):
+        check_fields(IterateConfig(noise=math.inf), "a flag", "iterate")
+    check_fields(IterateConfig(), "a flag", "iterate")
 
 
 def test_a_bad_set_is_one_line_and_exit_2_before_anything_is_written(tmp_path, capsys):

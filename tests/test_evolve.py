@@ -182,7 +182,7 @@ def test_a_bad_tau_in_config_json_names_the_key(tmp_path, capsys):
     save_json(config, RunPaths(run).config)
     assert main(["evolve", "--run", str(run), "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith(f"{RunPaths(run).config}: evolve.tau must be > 0, got 0.0")
+    assert err.endswith(f"{RunPaths(run).config}: evolve.tau must be a finite number > 0, got 0.0")
 
 
 def test_an_unknown_done_rule_in_config_json_names_the_key(tmp_path, capsys):

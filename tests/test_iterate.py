@@ -176,8 +176,9 @@ def test_killed_and_rerun_equals_uninterrupted(request, tmp_path, monkeypatch, b
 
 def test_bad_input_is_one_line(base_run, tmp_path, capsys):
     run, data = _copy(base_run, tmp_path)
-    for flags, named in ((["--noise", "-1"], "iterate.noise must be >= 0, got -1.0"),
-                         (["--noise", "nan"], "iterate.noise must be >= 0, got nan")):
+    bound = "iterate.noise must be a finite number >= 0, got"
+    for flags, named in ((["--noise", "-1"], f"{bound} -1.0"), (["--noise", "nan"], f"{bound} nan"),
+                         (["--noise", "inf"], f"{bound} inf")):
         assert main(["iterate", "--run", str(run), "--data", str(data), *flags]) == 2
         assert named in capsys.readouterr().err
     (run / "es.pickle").unlink()

@@ -464,14 +464,15 @@ def _check_field(f: dataclasses.Field, value: Any, source: str, key: str) -> Non
     if bounds is None:
         return
     low, high, low_open, high_open = bounds
-    if (value > low if low_open else value >= low) and (
+    if math.isfinite(value) and (value > low if low_open else value >= low) and (
             value < high if high_open else value <= high):
         return
     if high == math.inf:
         allowed = f"{'>' if low_open else '>='} {low:g}"
     else:
         allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    raise UserError(f"{source}: {key} must be {allowed}, got {_shown(value)}")
+    finite = "a finite number " if isinstance(value, float) else ""
+    raise UserError(f"{source}: {key} must be {finite}{allowed}, got {_shown(value)}")
 
 
 def with_settings(config: PipelineConfig, settings: list[str]) -> PipelineConfig:

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from worldmodels.atomic import writable_dir, write_bytes
-from worldmodels.config import CollectConfig
+from worldmodels.config import CollectConfig, check_fields
 from worldmodels.data.policies import check_policy, make_policy
 from worldmodels.data.rollouts import (
     Episode,
@@ -93,8 +93,7 @@ def collect(
         check_policy(config.policy, game)
     except ValueError as err:
         raise UserError(str(err)) from None
-    if config.episodes < 0 or config.max_steps <= 0 or config.workers < 0 or config.seed < 0:
-        raise UserError(f"bad collect config {config}")
+    check_fields(config, "config.json or a flag", "collect")
     prepare_out_dir(out)
     warn_if_address_ignored(address, config.workers)
     seeds = [config.seed + i for i in range(config.episodes)]

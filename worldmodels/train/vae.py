@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from worldmodels import atomic, checkpoint
-from worldmodels.config import VAEConfig, preset, preset_for
+from worldmodels.config import VAEConfig, check_fields, preset, preset_for
 from worldmodels.data.frames import iter_frames_in_order, stream_frames
 from worldmodels.data.rollouts import list_episodes, split_holdout
 from worldmodels.device import resolve_device
@@ -92,6 +92,7 @@ def _preview_frames(paths: list[Path]) -> np.ndarray:
 def train_vae(data: Path, run: Path, config: VAEConfig, resume: bool = False,
               progress: bool = True, device: str = "cpu") -> None:
     """Train (or with `resume`, continue) V of `run` on the episodes in `data`."""
+    check_fields(config, "config.json or a flag", "vae")
     data, paths = Path(data), RunPaths(Path(run))
     paths.writable()
     ckpt = paths.vae
