@@ -380,3 +380,11 @@ def test_a_damaged_latents_file_is_skipped_with_a_warning(encoded_run, tmp_path)
     with pytest.warns(UserWarning, match=damaged.name):
         train_mdnrnn(run, MDNRNNConfig(**vars(TINY)), progress=False)
     assert (run / "mdnrnn.pt").exists()
+
+
+def test_an_m_built_in_code_checks_its_config():
+    # The model's own guard is the configs' bounds check: a rate of 1 would drop everything.
+    with pytest.raises(UserError, match=r"mdnrnn.dropout must be a finite number in \[0, 1\)"):
+        MDNRNN(MDNRNNConfig(dropout=1.0))
+    with pytest.raises(UserError, match="mdnrnn.hidden_size must be > 0, got 0"):
+        MDNRNN(MDNRNNConfig(hidden_size=0))

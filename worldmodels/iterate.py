@@ -77,10 +77,6 @@ class IterateState:
     evolving: bool = False  # the iteration in progress has started its evolution
 
 
-def check(config: IterateConfig) -> None:
-    check_fields(config, "config.json or a flag", "iterate")
-
-
 def episode_plan(config: IterateConfig, iteration: int) -> list[tuple[int, float]]:
     """(seed, noise) of each episode of an iteration."""
     noisy = round(config.episodes * config.noisy_fraction)
@@ -212,7 +208,7 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
             device: str = "cpu") -> list[dict]:
     """Run (or continue) `config.iterations` iterations, writing the agent's episodes into
     `data` (default: the directory V was trained on); returns the iterate.csv rows."""
-    check(config)
+    check_fields(config, "config.json or a flag", "iterate")
     paths = RunPaths(Path(run))
     paths.writable()
     for path, made_by in ((paths.vae, "train-vae"), (paths.mdnrnn, "train-mdnrnn"),

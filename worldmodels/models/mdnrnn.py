@@ -15,20 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from worldmodels.config import MDNRNNConfig
-from worldmodels.errors import UserError
+from worldmodels.config import MDNRNNConfig, check_fields
 from worldmodels.models.mdn import JointMixtureParams, MixtureParams, mixture_head
 
 # (h, c): each (B, hidden) for step(), (1, B, hidden) for forward()
 LSTMState = tuple[Tensor, Tensor]
 # (input mask (B, Z + A), hidden mask (B, H)): 0 or 1 / (1 - p), held across a sequence
 DropoutMasks = tuple[Tensor, Tensor]
-
-
-def check_dropout(rate: float) -> float:
-    if not 0 <= rate < 1:
-        raise UserError(f"mdnrnn.dropout (--dropout) must be in [0, 1), got {rate}")
-    return rate
 
 
 def dropout_mask(shape: tuple[int, ...], rate: float, generator: torch.Generator | None = None,
@@ -42,7 +35,7 @@ class MDNRNN(nn.Module):
     def __init__(self, config: MDNRNNConfig | None = None):
         super().__init__()
         self.config = c = config or MDNRNNConfig()
-        check_dropout(c.dropout)
+        check_fields(c, "M's config", "mdnrnn")  # also one built in code
         self.lstm = nn.LSTM(c.z_size + c.action_size, c.hidden_size, batch_first=True)
         self.mdn = mixture_head(c.mixture, c.hidden_size, c.z_size, c.gaussians)
         self.reward = nn.Linear(c.hidden_size, 1)
