@@ -65,9 +65,10 @@ def test_dying_ends_a_collected_episode_with_done_and_the_time_limit_does_not():
     np.testing.assert_array_equal(short.action, episode.action[:15])  # seeded
 
 
-def test_the_skip4_game_holds_each_action_4_tics_and_still_scores_tics():
-    skip = get_game("doom-takecover-skip4")
-    assert skip.max_steps == doom.MAX_STEPS // 4 and skip.actions == DOOM.actions
+@pytest.mark.parametrize("tics", [4, 8])
+def test_a_skip_game_holds_each_action_its_tics_and_still_scores_tics(tics):
+    skip = get_game(f"doom-takecover-skip{tics}")
+    assert skip.max_steps == doom.MAX_STEPS // tics and skip.actions == DOOM.actions
 
     def stand(game):  # a player who never moves, until death
         env = game.make_env()
@@ -80,15 +81,15 @@ def test_the_skip4_game_holds_each_action_4_tics_and_still_scores_tics():
         env.close()
         return rewards
 
-    per_tic, per_4_tics = stand(DOOM), stand(skip)
-    # The same death at the same tic: 4 tics a step, +1 each, the last step cut short.
-    assert sum(per_4_tics) == sum(per_tic) == len(per_tic)
-    assert len(per_4_tics) == -(-len(per_tic) // 4) and set(per_4_tics[:-1]) == {4.0}
+    per_tic, per_skip = stand(DOOM), stand(skip)
+    # The same death at the same tic: `tics` a step, +1 each, the last step cut short.
+    assert sum(per_skip) == sum(per_tic) == len(per_tic)
+    assert len(per_skip) == -(-len(per_tic) // tics) and set(per_skip[:-1]) == {float(tics)}
     cut = skip.make_env(max_steps=5)
     cut.reset(seed=3)
     steps = [cut.step(np.array([0.9], np.float32)) for _ in range(5)]
     cut.close()
-    assert steps[-1][3] and sum(s[1] for s in steps) == 20.0  # 5 steps = 20 tics, truncated
+    assert steps[-1][3] and sum(s[1] for s in steps) == 5.0 * tics  # 5 steps, truncated
 
 
 def test_a_hit_that_does_not_kill_flashes_the_screen_red():
@@ -133,6 +134,8 @@ def test_unknown_env_and_a_preset_of_another_game_are_one_line(tmp_path, capsys)
         main(["collect", "--out", str(tmp_path), "--episodes", "1", "--env", "pong"])
     assert exit_info.value.code == 2 and "invalid choice: 'pong'" in capsys.readouterr().err
     assert preset_for(None, "doom-takecover") == "doom-small"
+    assert preset_for(None, "doom-takecover-skip8") == "doom-skip8"
+    assert preset("doom-skip8").evaluate.max_steps * 8 <= doom.MAX_STEPS
     assert preset_for("doom-tiny", None) == "doom-tiny" and preset_for(None, None) == "small"
     with pytest.raises(UserError, match="--preset tiny is for --env carracing, not "
                                         "doom-takecover; the doom-takecover presets: doom-tiny"):

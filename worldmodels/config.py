@@ -362,17 +362,30 @@ def _preset_doom_small() -> PipelineConfig:
     )
 
 
+def _doom_skipping(skip: int) -> PipelineConfig:
+    # doom-small's recipe on `doom-takecover-skip{skip}`, where C's action holds for `skip`
+    # tics: step limits in steps (2100 // skip = the 2,100 tics; dreams of 1000 // skip),
+    # 1 / skip of the steps for M and the dream.
+    config = _preset_doom_small()
+    config.preset, config.env = f"doom-skip{skip}", f"doom-takecover-skip{skip}"
+    config.collect.max_steps = config.evaluate.max_steps = config.iterate.max_steps = 2100 // skip
+    config.evolve.max_steps = 1000 // skip
+    return config
+
+
 def _preset_doom_skip4() -> PipelineConfig:
-    # doom-small's recipe on `doom-takecover-skip4`, where C's action holds for 4 tics: step
-    # limits in steps (525 = the 2,100 tics), a quarter of the steps for M and the dream.
     # Per tic M barely uses the action (negating it costs 0.6 nats a step of 25.6, against 4.8
     # at 4 tics), so its dream rewarded no dodging. On copied V files this scored 608 and 415
     # on 50 comparison episodes against doom-small's 384 and 302; from empty directories 284
     # and 455 against 351 and 268 (README).
-    config = _preset_doom_small()
-    config.preset, config.env = "doom-skip4", "doom-takecover-skip4"
-    config.collect.max_steps = config.evaluate.max_steps = config.iterate.max_steps = 525
-    config.evolve.max_steps = 250
+    return _doom_skipping(4)
+
+
+def _preset_doom_skip8() -> PipelineConfig:
+    # Moves held twice as long: the better skip4 agent held a move for about 12 tics. Twice
+    # the random episodes, for as many frames (steps) for V and M as doom-skip4 has.
+    config = _doom_skipping(8)
+    config.collect.episodes *= 2
     return config
 
 
@@ -396,11 +409,12 @@ def with_seed(config: PipelineConfig, seed: int) -> PipelineConfig:
 
 PRESETS = {"tiny": _preset_tiny, "small": _preset_small, "medium": _preset_medium,
            "paper": _preset_paper, "doom-tiny": _preset_doom_tiny,
-           "doom-small": _preset_doom_small, "doom-skip4": _preset_doom_skip4}
+           "doom-small": _preset_doom_small, "doom-skip4": _preset_doom_skip4,
+           "doom-skip8": _preset_doom_skip8}
 
 
 DEFAULT_PRESET = {"carracing": "small", "doom-takecover": "doom-small",  # by --env
-                  "doom-takecover-skip4": "doom-skip4"}
+                  "doom-takecover-skip4": "doom-skip4", "doom-takecover-skip8": "doom-skip8"}
 
 
 def preset_for(name: str | None, env: str | None) -> str:

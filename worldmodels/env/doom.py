@@ -11,7 +11,8 @@ continuous value; only the real game sees the three buttons. Frames: the 320x240
 (no HUD) resized to 64x64, with the red flash of a hit, which vizdoom's own take_cover.cfg
 turns off. `doom-takecover-skip4` is the same game with each of C's actions held for 4 tics
 (vizdoom's frame skip; the step's reward is the tics survived, so a return still counts tics,
-at most 2100): a quarter of the steps for V, M, the dream and C per second of play.
+at most 2100): a quarter of the steps for V, M, the dream and C per second of play;
+`doom-takecover-skip8` holds each for 8 tics.
 A hit takes 21 to 63 of the player's 100 health, so one to three hits kill:
 without the flash a hit that does not kill leaves no trace on screen, and neither V nor M can
 tell a player who may die at the next hit from one who has not been hit. `vizdoom` is an
@@ -34,7 +35,6 @@ from worldmodels.errors import UserError
 
 FRAME_SIZE = 64
 MAX_STEPS = 2100  # tics: the paper's 60 s at 35 tics/s
-SKIP = 4  # tics per step of doom-takecover-skip4
 THRESHOLD = 1 / 3
 STAY, RIGHT, LEFT = 0, 1, 2  # the gymnasium wrapper's Discrete(3): no button, then one each
 INSTALL = "pip install 'worldmodels[doom]'"
@@ -107,8 +107,14 @@ DOOM_TAKECOVER = Game(name="doom-takecover", title="VizDoom Take Cover", actions
                        make_env=make_env, policies=("random", "repeat"), max_steps=MAX_STEPS,
                        fps=35, require=require_vizdoom)
 
-# The same game, stepped 4 tics at a time: everything but the env, its step limit and fps.
-DOOM_TAKECOVER_SKIP4 = dataclasses.replace(
-    DOOM_TAKECOVER, name="doom-takecover-skip4", title="VizDoom Take Cover, 4 tics a step",
-    make_env=functools.partial(make_env, frame_skip=SKIP), max_steps=MAX_STEPS // SKIP,
-    fps=DOOM_TAKECOVER.fps // SKIP)
+def skipping(skip: int) -> Game:
+    """The same game with each of C's actions held for `skip` tics: everything but the env,
+    its step limit and fps."""
+    return dataclasses.replace(
+        DOOM_TAKECOVER, name=f"doom-takecover-skip{skip}",
+        title=f"VizDoom Take Cover, {skip} tics a step",
+        make_env=functools.partial(make_env, frame_skip=skip), max_steps=MAX_STEPS // skip,
+        fps=DOOM_TAKECOVER.fps // skip)
+
+
+DOOM_TAKECOVER_SKIP4, DOOM_TAKECOVER_SKIP8 = skipping(4), skipping(8)
