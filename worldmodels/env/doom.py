@@ -109,7 +109,7 @@ DOOM_TAKECOVER = Game(name="doom-takecover", title="VizDoom Take Cover", actions
 
 def skipping(skip: int) -> Game:
     """The same game with each of C's actions held for `skip` tics: everything but the env,
-    its step limit and fps."""
+    its step limit (2100 // skip steps: 2,096 tics at 8) and fps."""
     return dataclasses.replace(
         DOOM_TAKECOVER, name=f"doom-takecover-skip{skip}",
         title=f"VizDoom Take Cover, {skip} tics a step",
