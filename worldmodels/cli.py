@@ -282,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="every stage in order, skipping finished ones")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
-                   help="sizes of every stage (default: small, or doom-small with --env "
-                        "doom-takecover)")
+                   help="sizes of every stage (default: the --env's: small, doom-small, "
+                        "doom-skip4 or doom-skip8)")
     _env(p, None, "; default: the preset's")
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--data", type=Path, default=None, help="episode directory (default RUN/data)")
