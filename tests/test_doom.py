@@ -135,7 +135,10 @@ def test_unknown_env_and_a_preset_of_another_game_are_one_line(tmp_path, capsys)
     assert exit_info.value.code == 2 and "invalid choice: 'pong'" in capsys.readouterr().err
     assert preset_for(None, "doom-takecover") == "doom-small"
     assert preset_for(None, "doom-takecover-skip8") == "doom-skip8"
-    assert preset("doom-skip8").evaluate.max_steps * 8 <= doom.MAX_STEPS
+    for name in ("doom-small", "doom-skip4", "doom-skip8"):  # episodes end at the game's limit
+        config = preset(name)
+        limits = {s.max_steps for s in (config.collect, config.evaluate, config.iterate)}
+        assert limits == {get_game(config.env).max_steps}, name
     assert preset_for("doom-tiny", None) == "doom-tiny" and preset_for(None, None) == "small"
     with pytest.raises(UserError, match="--preset tiny is for --env carracing, not "
                                         "doom-takecover; the doom-takecover presets: doom-tiny"):

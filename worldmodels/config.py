@@ -364,12 +364,12 @@ def _preset_doom_small() -> PipelineConfig:
 
 def _doom_skipping(skip: int) -> PipelineConfig:
     # doom-small's recipe on `doom-takecover-skip{skip}`, where C's action holds for `skip`
-    # tics: step limits in steps (2100 // skip = the 2,100 tics; dreams of 1000 // skip),
-    # 1 / skip of the steps for M and the dream.
+    # tics: its step limits, in tics, become steps of `skip` tics (the game's 2,100 tics:
+    # 2100 // skip steps), 1 / skip of the steps for M and the dream.
     config = _preset_doom_small()
     config.preset, config.env = f"doom-skip{skip}", f"doom-takecover-skip{skip}"
-    config.collect.max_steps = config.evaluate.max_steps = config.iterate.max_steps = 2100 // skip
-    config.evolve.max_steps = 1000 // skip
+    for section in (config.collect, config.evolve, config.evaluate, config.iterate):
+        section.max_steps //= skip
     return config
 
 

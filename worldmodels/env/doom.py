@@ -116,5 +116,3 @@ def skipping(skip: int) -> Game:
         make_env=functools.partial(make_env, frame_skip=skip), max_steps=MAX_STEPS // skip,
         fps=DOOM_TAKECOVER.fps // skip)
 
-
-DOOM_TAKECOVER_SKIP4, DOOM_TAKECOVER_SKIP8 = skipping(4), skipping(8)

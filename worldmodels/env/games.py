@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from worldmodels.env.carracing import CARRACING
-from worldmodels.env.doom import DOOM_TAKECOVER, DOOM_TAKECOVER_SKIP4, DOOM_TAKECOVER_SKIP8
+from worldmodels.env.doom import DOOM_TAKECOVER, skipping
 from worldmodels.env.game import Game
 from worldmodels.errors import UserError
 
-GAMES: dict[str, Game] = {g.name: g for g in (CARRACING, DOOM_TAKECOVER, DOOM_TAKECOVER_SKIP4,
-                                              DOOM_TAKECOVER_SKIP8)}
+GAMES: dict[str, Game] = {g.name: g for g in (CARRACING, DOOM_TAKECOVER, skipping(4),
+                                              skipping(8))}
 DEFAULT = CARRACING.name
 
 
