@@ -153,6 +153,35 @@ def test_dropout_forward_matches_step_with_masks_and_rate_zero_is_plain_lstm():
     assert MDNRNN(MDNRNNConfig(dropout=0.0)).dropout_masks(3) is None
 
 
+def test_dropout_forward_gradients_match_autograd_through_step():
+    # MaskedLSTM's hand-written backward against autograd through the plain step() loop:
+    # every output and the final state in the loss, from a given start state.
+    torch.manual_seed(0)
+    model = MDNRNN(MDNRNNConfig(hidden_size=16, gaussians=2, dropout=0.4))
+    z, a = torch.randn(4, 7, 32), torch.randn(4, 7, 3)
+    masks = model.dropout_masks(4, torch.Generator().manual_seed(2))
+    weights = torch.randn(4, 7), torch.randn(4, 16), torch.randn(4, 16)
+
+    def gradients(fast: bool) -> list[torch.Tensor]:
+        model.zero_grad()
+        start = tuple(torch.full((4, 16), 0.3, requires_grad=True) for _ in range(2))
+        if fast:
+            _, reward, _, (h, c) = model(z, a, (start[0][None], start[1][None]), masks)
+            h, c = h[0], c[0]
+        else:
+            state, rewards = start, []
+            for t in range(7):
+                state = model.step(z[:, t], a[:, t], state, masks)
+                rewards.append(model.heads(state[0])[1])
+            reward, (h, c) = torch.stack(rewards, 1), state
+        loss = sum((x * w).sum() for x, w in zip((reward, h, c), weights, strict=True))
+        loss.backward()
+        return [p.grad.clone() for p in model.lstm.parameters()] + [s.grad for s in start]
+
+    for fast, plain in zip(gradients(True), gradients(False), strict=True):
+        torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+
+
 def test_carried_state_continues_lanes_and_restarts_episodes():
     model = MDNRNN(MDNRNNConfig(hidden_size=8, gaussians=2, dropout=0.5))
     carried = CarriedState(model, lanes=2, generator=torch.Generator().manual_seed(0))

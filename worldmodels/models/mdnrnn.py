@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldmodels.config import MDNRNNConfig, check_fields
+from worldmodels.models.masked_lstm import MaskedLSTM
 from worldmodels.models.mdn import JointMixtureParams, MixtureParams, mixture_head
 
 # (h, c): each (B, hidden) for step(), (1, B, hidden) for forward()
@@ -50,8 +51,8 @@ class MDNRNN(nn.Module):
         """Sequences z (B, T, Z), action (B, T, A) -> (mixture params over (B, T),
         reward (B, T), done_logit (B, T), final state (h, c) each (1, B, H)).
 
-        With `masks` (training with dropout) the LSTM is unrolled here with the masks applied
-        at every step; without, nn.LSTM runs it."""
+        With `masks` (training with dropout) MaskedLSTM runs the recurrence with the masks
+        applied at every step; without, nn.LSTM runs it."""
         x = torch.cat([z, action], -1)
         if masks is None:
             out, state = self.lstm(x, state)
@@ -65,11 +66,7 @@ class MDNRNN(nn.Module):
             h, c = self.initial_state(len(z), z.device)
         else:
             h, c = state[0][0], state[1][0]
-        outs = []
-        for t in range(x.shape[1]):
-            h, c = self._cell(x_gates[:, t] + F.linear(h * hidden_mask, lstm.weight_hh_l0), c)
-            outs.append(h)
-        out = torch.stack(outs, 1)
+        out, h, c = MaskedLSTM.apply(x_gates, h, c, lstm.weight_hh_l0, hidden_mask)
         return (*self.heads(out), (h[None], c[None]))
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> LSTMState:
