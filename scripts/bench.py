@@ -2,7 +2,7 @@
 """Speed measurements, each as a ratio against a reference measured in the same run.
 
     python scripts/bench.py collect   # collection frames/s vs bare CarRacing steps/s
-    python scripts/bench.py train     # VAE images/s, MDN-RNN steps/s, train-vae peak RSS
+    python scripts/bench.py train     # V and M steps/s, M's masked LSTM, train-vae peak RSS
     python scripts/bench.py dream     # batched dream steps/s vs CarRacing and vs matmul FLOP/s
     python scripts/bench.py evaluate  # evaluate frames/s per worker vs bare CarRacing steps/s
     python scripts/bench.py threads   # V and M training on shared cores: OpenMP wait policies

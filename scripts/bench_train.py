@@ -8,7 +8,11 @@
    (reading, decompressing, shuffling) leaves of the compute speed (target >= 0.85).
 2. M: `train_mdnrnn` steps/s on those episodes encoded, against bare steps of the same
    MDN-RNN on random tensors of the same shapes (target >= 0.85).
-3. Memory: peak RSS of `worldmodels train-vae` run as a subprocess on a dir of N synthetic
+3. M with dropout masks: forward and backward of the LSTM with variational masks as M trains
+   it (`MaskedLSTM`) against autograd through M's plain `step()` loop with the same masks
+   (target >= 1.15x), and against `nn.LSTM` without masks (what dropout costs), at Take
+   Cover's size (hidden 512, batch 16 x 100 steps).
+4. Memory: peak RSS of `worldmodels train-vae` run as a subprocess on a dir of N synthetic
    episodes and on one of 10 N, with a shuffle buffer that the small dir already fills:
    the ratio says whether memory grows with the number of episodes (target <= 1.2).
 """
@@ -44,6 +48,7 @@ from worldmodels.train.mdnrnn import (
 from worldmodels.train.vae import train_vae
 
 SPEED_TARGET = 0.85
+MASKED_TARGET = 1.15
 RSS_TARGET = 1.2
 VAE = VAEConfig(epochs=3, batch_size=64, shuffle_buffer=2000, holdout_episodes=0.0)
 M = MDNRNNConfig(hidden_size=256, seq_len=100, batch_size=4, epochs=6, holdout_episodes=0.0)
@@ -83,6 +88,39 @@ def bare_mdnrnn_steps_per_s(config: MDNRNNConfig, sampler: SequenceSampler,
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
     return steps / (time.perf_counter() - start)
+
+
+def masked_lstm_passes_per_s(hidden: int = 512, batch: int = 16, steps: int = 100,
+                              repeats: int = 5) -> dict[str, float]:
+    """Forward + backward passes/s of M's LSTM three ways on the same inputs and masks."""
+    torch.manual_seed(0)
+    model = MDNRNN(MDNRNNConfig(hidden_size=hidden, z_size=64, action_size=1, dropout=0.05))
+    z, action = torch.randn(batch, steps, 64), torch.randn(batch, steps, 1)
+    masks = model.dropout_masks(batch, torch.Generator().manual_seed(0))
+    outputs = torch.randn(batch, steps, hidden)
+
+    def masked() -> torch.Tensor:
+        return model(z, action, masks=masks)[-1][0]  # the final h, through MaskedLSTM
+
+    def plain_loop() -> torch.Tensor:
+        state = model.initial_state(batch)
+        for t in range(steps):
+            state = model.step(z[:, t], action[:, t], state, masks)
+        return state[0]
+
+    def unmasked() -> torch.Tensor:
+        out, _ = model.lstm(torch.cat([z, action], -1))
+        return (out * outputs).sum(1)
+
+    speeds = {}
+    for name, fn in (("masked", masked), ("plain", plain_loop), ("nn.LSTM", unmasked)):
+        fn().sum().backward()  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model.zero_grad(set_to_none=True)
+            fn().sum().backward()
+        speeds[name] = repeats / (time.perf_counter() - start)
+    return speeds
 
 
 def synthetic_episodes(directory: Path, episodes: int, steps: int) -> None:
@@ -154,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         bare_m = max(bare_m, bare_mdnrnn_steps_per_s(M, sampler))
         m_rows = read_csv(tmp / "run" / "logs" / "mdnrnn.csv")
         m_speed = max(r["steps_per_s"] for r in m_rows[1:])
+        lstm_runs = [masked_lstm_passes_per_s() for _ in range(2)]
+        lstm = {name: max(run[name] for run in lstm_runs) for name in lstm_runs[0]}
 
         small, large = tmp / "small", tmp / "large"
         synthetic_episodes(small, args.rss_episodes, args.rss_steps)
@@ -165,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         rss_large = train_vae_peak_rss_mb(large, tmp / "rss_large", rss_config)
 
     vae_ratio, m_ratio, rss_ratio = vae_speed / bare_vae, m_speed / bare_m, rss_large / rss_small
+    masked_ratio = lstm["masked"] / lstm["plain"]
     def verdict(ok: bool) -> str:
         return "ok" if ok else "OFF TARGET"
 
@@ -175,6 +216,12 @@ def main(argv: list[str] | None = None) -> None:
           f"{bare_m:8.1f} steps/s")
     print(f"M  train_mdnrnn:                     {m_speed:8.1f} steps/s    ratio "
           f"{m_ratio:.2f} (target >= {SPEED_TARGET}) {verdict(m_ratio >= SPEED_TARGET)}")
+    print(f"M  LSTM with dropout masks, autograd through step(): {lstm['plain']:6.2f} passes/s")
+    print(f"M  LSTM with dropout masks, MaskedLSTM:              {lstm['masked']:6.2f} passes/s"
+          f"   ratio {masked_ratio:.2f} (target >= {MASKED_TARGET}) "
+          f"{verdict(masked_ratio >= MASKED_TARGET)}")
+    print(f"M  nn.LSTM without masks:                            {lstm['nn.LSTM']:6.2f} passes/s"
+          f"   (MaskedLSTM at {lstm['masked'] / lstm['nn.LSTM']:.2f} of it)")
     print(f"train-vae peak RSS, {frames} frames:       {rss_small:8.1f} MB")
     print(f"train-vae peak RSS, {10 * frames} frames:      {rss_large:8.1f} MB   ratio "
           f"{rss_ratio:.2f} (target <= {RSS_TARGET}) {verdict(rss_ratio <= RSS_TARGET)}")
