@@ -20,7 +20,7 @@ class MaskedLSTM(torch.autograd.Function):
         batch, steps, width = x_gates.shape
         hidden = width // 4
         gates = x_gates.new_empty(batch, steps, width)  # after their nonlinearities
-        cells = x_gates.new_empty(batch, steps + 1, hidden)  # c_{-1} .. c_{T-1}
+        cells = x_gates.new_empty(batch, steps + 1, hidden)  # c0, then c after each step
         masked = x_gates.new_empty(batch, steps, hidden)  # h_{t-1} * mask: W_hh's input
         out = x_gates.new_empty(batch, steps, hidden)
         cells[:, 0] = c
