@@ -1,8 +1,8 @@
 """The LSTM recurrence with a fixed per-row mask on h before W_hh (variational dropout), as one
 autograd function: forward and backward through time are written out, so autograd keeps no
 graph per step and W_hh's gradient is one matmul over all steps. MDNRNN.step() is the plain
-reference it is tested against; on a CPU about 1.2x (Take Cover's size) to 1.7x (small
-batches) faster than autograd through such a loop (scripts/bench.py train)."""
+reference it is tested against; on a CPU about 1.2x faster than autograd through that loop
+at Take Cover's size (scripts/bench.py train)."""
 
 from __future__ import annotations
 
