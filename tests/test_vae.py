@@ -22,7 +22,7 @@ from worldmodels.logger import read_csv
 from worldmodels.models.vae import ConvVAE
 from worldmodels.run import RunPaths
 from worldmodels.train.encode import encode
-from worldmodels.train.vae import train_vae
+from worldmodels.train.vae import evaluate, reconstruct, train_vae
 
 TINY = VAEConfig(epochs=1, batch_size=16, max_frames_per_epoch=48, shuffle_buffer=64)
 
@@ -221,3 +221,37 @@ def test_train_vae_skips_corrupt_episode_files(real_rollouts, tmp_path):
         train_vae(data, tmp_path / "run", VAEConfig(**config), progress=False)
     assert any("episode_00000099" in str(w.message) for w in caught)
     assert (tmp_path / "run" / "vae.pt").exists()
+
+
+def test_compare_vae_draws_held_out_frames_above_each_v(trained_run, real_rollouts, tmp_path,
+                                                        capsys):
+    other = tmp_path / "untrained"
+    other.mkdir()
+    torch.manual_seed(1)
+    checkpoint.save(other / "vae.pt", ConvVAE(VAEConfig(**vars(TINY))), VAEConfig(**vars(TINY)))
+    out = tmp_path / "grid.png"
+    args = ["compare-vae", "--data", str(real_rollouts), "--run", str(trained_run),
+            "--run", str(other), "--out", str(out), "--from-end", "5", "--scale", "2"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    image = np.asarray(Image.open(out))
+    assert image.shape == (3 * 64 * 2, 64 * 2, 3)  # 3 episodes hold out 1: one column, 3 rows
+    rows = image[::2, ::2].reshape(3, 64, 64, 3)
+    held_out = read_episode(list_episodes(real_rollouts)[-1]).obs
+    assert np.array_equal(rows[0], held_out[len(held_out) - 6])
+    for row, run in zip(rows[1:], (trained_run, other), strict=True):
+        model, _ = checkpoint.load_model(run / "vae.pt", ConvVAE, VAEConfig)
+        assert np.array_equal(row, reconstruct(model, rows[:1].copy())[0])
+        error = evaluate(model, list_episodes(real_rollouts)[-1:])["valid_rec"]
+        assert f"{run}: held-out reconstruction error {error:.2f}" in printed
+    assert not np.array_equal(rows[1], rows[2])
+
+    assert main([*args[:5], "--run", str(tmp_path / "novae"), "--out", str(out)]) == 2
+    assert "train-vae" in _one_error_line(capsys)
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(list_episodes(real_rollouts)[0], one)
+    assert main(["compare-vae", "--data", str(one), "--run", str(trained_run),
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "too few episodes" in _one_error_line(capsys)
+    assert not (tmp_path / "x.png").exists()

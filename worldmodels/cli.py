@@ -145,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     _device(p)
     p.set_defaults(handler="worldmodels.train.vae:cli_train_vae")
 
+    p = sub.add_parser("compare-vae", help="held-out frames above each run's V reconstruction")
+    p.add_argument("--data", type=Path, required=True, help="directory of episode files")
+    p.add_argument("--run", type=Path, required=True, action="append",
+                   help="a run directory with vae.pt; repeat to compare Vs")
+    p.add_argument("--out", type=Path, required=True, help="the grid, a .png")
+    p.add_argument("--episodes", type=_positive, default=10,
+                   help="held-out episodes, one frame each")
+    p.add_argument("--from-end", type=_non_negative, default=2,
+                   help="how many steps before each episode's end its frame is")
+    _scale(p)
+    p.set_defaults(handler="worldmodels.train.vae:cli_compare_vae")
+
     p = sub.add_parser("encode", help="encode every episode with V (mu, logvar) for M")
     p.add_argument("--run", type=Path, required=True, help="run directory with vae.pt")
     p.add_argument("--data", type=Path, default=None,

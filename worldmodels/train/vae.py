@@ -22,7 +22,7 @@ from tqdm import tqdm
 from worldmodels import atomic, checkpoint
 from worldmodels.config import VAEConfig, check_fields, preset, preset_for
 from worldmodels.data.frames import iter_frames_in_order, stream_frames
-from worldmodels.data.rollouts import list_episodes, split_holdout
+from worldmodels.data.rollouts import iter_episodes, list_episodes, split_holdout
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
 from worldmodels.logger import RunLogger
@@ -71,14 +71,25 @@ def evaluate(model: ConvVAE, paths: list[Path]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def save_reconstructions(model: ConvVAE, frames: np.ndarray, path: Path) -> None:
-    """One PNG: the frames in the top row, their reconstructions (from mu) below."""
+def reconstruct(model: ConvVAE, frames: np.ndarray) -> np.ndarray:
+    """uint8 frames (B, 64, 64, 3) -> V's reconstructions from mu, the same shape and type."""
     model.eval()
     mu, _ = model.encode(torch.from_numpy(frames).to(next(model.parameters()).device))
-    recon = (model.decode(mu).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    grid = np.concatenate([np.concatenate(list(frames), 1), np.concatenate(list(recon), 1)], 0)
+    return (model.decode(mu).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def save_grid(rows: list[np.ndarray], path: Path, scale: int = 1) -> None:
+    """One PNG: each row's frames side by side, the rows stacked, pixels repeated `scale` times."""
+    grid = np.concatenate([np.concatenate(list(row), 1) for row in rows], 0)
+    grid = grid.repeat(scale, 0).repeat(scale, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.replacing(path) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
+
+
+def save_reconstructions(model: ConvVAE, frames: np.ndarray, path: Path) -> None:
+    """One PNG: the frames in the top row, their reconstructions (from mu) below."""
+    save_grid([frames, reconstruct(model, frames)], path)
 
 
 def _preview_frames(paths: list[Path]) -> np.ndarray:
@@ -178,4 +189,36 @@ def cli_train_vae(args: argparse.Namespace) -> int:
     train_vae(args.data, args.run, config, resume=args.resume,
               device=str(resolve_device(args.device)))
     print(f"train-vae: V -> {paths.vae}")
+    return 0
+
+
+def late_frames(paths: list[Path], episodes: int, from_end: int) -> np.ndarray:
+    """The frame `from_end` steps before the end of each of the first `episodes` readable
+    episodes (where Take Cover's fireball is close, or the car far along its track)."""
+    frames = []
+    for _, episode in iter_episodes(paths):
+        frames.append(episode.obs[max(len(episode.obs) - 1 - from_end, 0)])
+        if len(frames) == episodes:
+            break
+    return np.stack(frames) if frames else np.empty((0, 64, 64, 3), np.uint8)
+
+
+def cli_compare_vae(args: argparse.Namespace) -> int:
+    """Held-out frames of --data above each run's V reconstruction, and each V's held-out
+    error: the same frames for every V, so Vs trained differently can be told apart."""
+    models = [load_vae(run)[0] for run in args.run]
+    _, valid = split_holdout(episode_files(args.data), models[0].config.holdout_episodes)
+    if not valid:
+        raise UserError(f"{args.data}: too few episodes to hold any out (need 2 or more)")
+    frames = late_frames(valid, args.episodes, args.from_end)
+    if not len(frames):
+        raise UserError(f"{args.data}: no readable held-out episode")
+    rows = [frames]
+    for run, model in zip(args.run, models, strict=True):
+        rows.append(reconstruct(model, frames))
+        result = evaluate(model, valid)
+        print(f"{run}: held-out reconstruction error {result['valid_rec']:.2f} per frame "
+              f"(summed squared error, {len(valid)} episodes); row {len(rows)}")
+    save_grid(rows, args.out, args.scale)
+    print(f"wrote {args.out}: row 1 the held-out frames, then each run's V")
     return 0
