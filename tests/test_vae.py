@@ -237,6 +237,7 @@ def test_compare_vae_draws_held_out_frames_above_each_v(trained_run, real_rollou
     image = np.asarray(Image.open(out))
     assert image.shape == (3 * 64 * 2, 64 * 2, 3)  # 3 episodes hold out 1: one column, 3 rows
     rows = image[::2, ::2].reshape(3, 64, 64, 3)
+    assert np.array_equal(image, image[::2, ::2].repeat(2, 0).repeat(2, 1))  # 2x2 pixels
     held_out = read_episode(list_episodes(real_rollouts)[-1]).obs
     assert np.array_equal(rows[0], held_out[len(held_out) - 6])
     for row, run in zip(rows[1:], (trained_run, other), strict=True):
@@ -246,12 +247,35 @@ def test_compare_vae_draws_held_out_frames_above_each_v(trained_run, real_rollou
         assert f"{run}: held-out reconstruction error {error:.2f}" in printed
     assert not np.array_equal(rows[1], rows[2])
 
-    assert main([*args[:5], "--run", str(tmp_path / "novae"), "--out", str(out)]) == 2
-    assert "train-vae" in _one_error_line(capsys)
+    novae, missing = tmp_path / "novae", tmp_path / "missing.png"
+    assert main([*args[:5], "--run", str(novae), "--out", str(missing)]) == 2
+    line = _one_error_line(capsys)
+    assert "train-vae" in line and str(novae) in line and not missing.exists()
     one = tmp_path / "one"
     one.mkdir()
     shutil.copy(list_episodes(real_rollouts)[0], one)
     assert main(["compare-vae", "--data", str(one), "--run", str(trained_run),
                  "--out", str(tmp_path / "x.png")]) == 2
-    assert "too few episodes" in _one_error_line(capsys)
+    assert "no held-out episodes" in _one_error_line(capsys)
     assert not (tmp_path / "x.png").exists()
+    assert main([*args[:7], "--out", str(tmp_path / "grid.jpg")]) == 2
+    assert ".png" in _one_error_line(capsys)
+    assert main([*args[:7], "--out", str(tmp_path / "y.png"), "--from-end", "60"]) == 2
+    assert "longer than --from-end 60" in _one_error_line(capsys)  # the episodes have 60 steps
+
+
+def test_compare_vae_holds_out_the_last_episode_of_each_collection(trained_run, real_rollouts,
+                                                                   tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    episodes = list_episodes(real_rollouts)
+    for block in (0, 10_000):  # two collections of six (the three episodes twice): 10% is 1
+        for i in range(6):
+            shutil.copy(episodes[i % 3], data / f"episode_{block + i:08d}.npz")
+    out = tmp_path / "grid.png"
+    assert main(["compare-vae", "--data", str(data), "--run", str(trained_run), "--out", str(out),
+                 "--episodes", "5", "--from-end", "0", "--scale", "1"]) == 0
+    top = np.asarray(Image.open(out))[:64]
+    last = read_episode(episodes[-1]).obs[-1]
+    assert top.shape == (64, 2 * 64, 3)  # one held out per collection, though 5 were asked for
+    assert np.array_equal(top[:, :64], last) and np.array_equal(top[:, 64:], last)

@@ -192,27 +192,39 @@ def cli_train_vae(args: argparse.Namespace) -> int:
     return 0
 
 
-def late_frames(paths: list[Path], episodes: int, from_end: int) -> np.ndarray:
+def late_frames(paths: list[Path], episodes: int, from_end: int) -> list[np.ndarray]:
     """The frame `from_end` steps before the end of each of the first `episodes` readable
-    episodes (where Take Cover's fireball is close, or the car far along its track)."""
+    episodes long enough to have one (where Take Cover's fireball is close, or the car far
+    along its track)."""
     frames = []
     for _, episode in iter_episodes(paths):
-        frames.append(episode.obs[max(len(episode.obs) - 1 - from_end, 0)])
+        if len(episode.obs) > from_end:
+            frames.append(episode.obs[len(episode.obs) - 1 - from_end])
         if len(frames) == episodes:
             break
-    return np.stack(frames) if frames else np.empty((0, 64, 64, 3), np.uint8)
+    return frames
 
 
 def cli_compare_vae(args: argparse.Namespace) -> int:
     """Held-out frames of --data above each run's V reconstruction, and each V's held-out
     error: the same frames for every V, so Vs trained differently can be told apart."""
+    if args.out.suffix.lower() != ".png":
+        raise UserError(f"{args.out}: --out must be a .png")
     models = [load_vae(run)[0] for run in args.run]
-    _, valid = split_holdout(episode_files(args.data), models[0].config.holdout_episodes)
+    fractions = {model.config.holdout_episodes for model in models}
+    if len(fractions) > 1:
+        raise UserError(f"{', '.join(map(str, args.run))}: their Vs held out different "
+                        f"fractions of episodes ({sorted(fractions)}); compare like with like")
+    paths = episode_files(args.data)
+    _, valid = split_holdout(paths, fractions.pop())
     if not valid:
-        raise UserError(f"{args.data}: too few episodes to hold any out (need 2 or more)")
+        raise UserError(f"{args.data}: no held-out episodes among {len(paths)} (V holds out "
+                        f"{models[0].config.holdout_episodes:g} of them, at least 1 of 2 or more)")
     frames = late_frames(valid, args.episodes, args.from_end)
-    if not len(frames):
-        raise UserError(f"{args.data}: no readable held-out episode")
+    if not frames:
+        raise UserError(f"{args.data}: no readable held-out episode longer than "
+                        f"--from-end {args.from_end} steps")
+    frames = np.stack(frames)
     rows = [frames]
     for run, model in zip(args.run, models, strict=True):
         rows.append(reconstruct(model, frames))
