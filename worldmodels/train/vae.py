@@ -215,16 +215,16 @@ def cli_compare_vae(args: argparse.Namespace) -> int:
     if len(fractions) > 1:
         raise UserError(f"{', '.join(map(str, args.run))}: their Vs held out different "
                         f"fractions of episodes ({sorted(fractions)}); compare like with like")
-    paths = episode_files(args.data)
-    _, valid = split_holdout(paths, fractions.pop())
+    paths, fraction = episode_files(args.data), fractions.pop()
+    _, valid = split_holdout(paths, fraction)
     if not valid:
         raise UserError(f"{args.data}: no held-out episodes among {len(paths)} (V holds out "
-                        f"{models[0].config.holdout_episodes:g} of them, at least 1 of 2 or more)")
-    frames = late_frames(valid, args.episodes, args.from_end)
-    if not frames:
+                        f"{fraction:g} of them, at least 1 of 2 or more)")
+    picked = late_frames(valid, args.episodes, args.from_end)
+    if not picked:
         raise UserError(f"{args.data}: no readable held-out episode longer than "
                         f"--from-end {args.from_end} steps")
-    frames = np.stack(frames)
+    frames = np.stack(picked)
     rows = [frames]
     for run, model in zip(args.run, models, strict=True):
         rows.append(reconstruct(model, frames))
