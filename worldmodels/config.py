@@ -331,7 +331,7 @@ def _preset_doom_tiny() -> PipelineConfig:
 
 def _preset_doom_small() -> PipelineConfig:
     # Take Cover at one tic a step, trained only in the dream: 97 and 101 minutes for two
-    # seeds side by side (README). doom-skip8 (below) makes better agents in about as long.
+    # seeds side by side (README). doom-skip8 (below) makes better agents in about 150.
     return _doom(
         "doom-small",
         # 600 random episodes (~130k frames) and V 5 epochs: with 300 and 2, V's held-out
@@ -391,9 +391,10 @@ def _preset_doom_skip8() -> PipelineConfig:
     # Dropout dreams: on the same data and V, four trainings with dropout against two
     # without: paired +92, -31 (from empty directories: 480 and 408) and +43, +163 (README).
     config.mdnrnn.dropout = 0.05
-    # Fourteen rounds, not six: on 1,000 episodes of seeds 3,000,000+ (never evaluated) the
-    # agents after fourteen beat those after ten by 160 and 43, paired, and sixteen did not
-    # beat fourteen (-54 and -2) (README). Rounds grow with the data: about 12 minutes each.
+    # Fourteen rounds, not six: on 1,000 episodes of seeds 3,000,000+ (not evaluation
+    # seeds) the agents after fourteen beat those after ten by 160 and 43, paired, and
+    # sixteen did not beat fourteen (-54 and -2) (README). Rounds grow with the data: 12
+    # minutes by then.
     config.iterate.iterations = 14
     return config
 
