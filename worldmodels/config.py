@@ -331,7 +331,7 @@ def _preset_doom_tiny() -> PipelineConfig:
 
 def _preset_doom_small() -> PipelineConfig:
     # Take Cover at one tic a step, trained only in the dream: 97 and 101 minutes for two
-    # seeds side by side (README). doom-skip8 (below) makes better agents in about 150.
+    # seeds side by side (README). doom-skip8 (below) makes better agents in about 150 minutes.
     return _doom(
         "doom-small",
         # 600 random episodes (~130k frames) and V 5 epochs: with 300 and 2, V's held-out

@@ -11,18 +11,15 @@ import torch
 
 from worldmodels import atomic
 from worldmodels.agent import WorldModel, decode_frames
+from worldmodels.data.frames import upscale
 from worldmodels.device import resolve_device
 from worldmodels.env.dream import BatchedDream
 from worldmodels.errors import UserError, require_finite
 from worldmodels.evolve.cmaes import evolved_config
 from worldmodels.run import RunPaths
 
-SCALE = 4  # 64x64 frames are tiny on a screen; nearest-neighbour upscaling keeps them crisp
+SCALE = 4  # 64x64 frames are tiny on a screen
 SUFFIXES = (".mp4", ".gif")
-
-
-def upscale(frame: np.ndarray, scale: int = SCALE) -> np.ndarray:
-    return frame.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
 def side_by_side(real: np.ndarray, recon: np.ndarray) -> np.ndarray:
@@ -43,7 +40,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 50,
         raise UserError(f"{path}: no frames to write")
     atomic.writable_dir(path.parent, "--out")
     # Even sizes: H.264 in yuv420p needs them.
-    stack = np.stack([upscale(f, scale) for f in frames])
+    stack = upscale(np.stack(frames), scale)
     stack = stack[:, : stack.shape[1] // 2 * 2, : stack.shape[2] // 2 * 2]
     with atomic.replacing(path) as tmp:
         if path.suffix.lower() == ".gif":

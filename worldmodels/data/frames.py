@@ -16,6 +16,12 @@ import numpy as np
 from worldmodels.data.rollouts import FRAME_SHAPE, iter_episodes
 
 
+def upscale(images: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour: each pixel of (..., H, W, C) images repeated scale x scale times,
+    so 64x64 frames stay crisp on a screen."""
+    return images.repeat(scale, axis=-3).repeat(scale, axis=-2)
+
+
 class ShuffleBuffer:
     """Fixed-capacity frame buffer: `push` returns the frames it evicts, in random order."""
 

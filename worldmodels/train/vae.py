@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from worldmodels import atomic, checkpoint
 from worldmodels.config import VAEConfig, check_fields, preset, preset_for
-from worldmodels.data.frames import iter_frames_in_order, stream_frames
+from worldmodels.data.frames import iter_frames_in_order, stream_frames, upscale
 from worldmodels.data.rollouts import iter_episodes, list_episodes, split_holdout
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
@@ -80,8 +80,7 @@ def reconstruct(model: ConvVAE, frames: np.ndarray) -> np.ndarray:
 
 def save_grid(rows: list[np.ndarray], path: Path, scale: int = 1) -> None:
     """One PNG: each row's frames side by side, the rows stacked, pixels repeated `scale` times."""
-    grid = np.concatenate([np.concatenate(list(row), 1) for row in rows], 0)
-    grid = grid.repeat(scale, 0).repeat(scale, 1)
+    grid = upscale(np.concatenate([np.concatenate(list(row), 1) for row in rows], 0), scale)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.replacing(path) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
