@@ -128,6 +128,37 @@ def test_one_iteration_end_to_end_then_nothing_redone(base_run, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
+def _epochs_and_generations(paths: RunPaths) -> tuple[int, int]:
+    return (int(read_csv(paths.logs / "mdnrnn.csv")[-1]["epoch"]),
+            int(read_csv(paths.logs / "evolve.csv")[-1]["step"]))
+
+
+def test_each_iteration_adds_its_own_epochs_and_generations(base_run, tmp_path):
+    # Settings changed between iterations (a run continued with cheaper rounds): the new
+    # iteration still adds its epochs and generations to where the last one ended, where
+    # targets implied by the settings (1 + 2 x 1 epochs) would lie behind M and train nothing.
+    run, data = _copy(base_run, tmp_path)
+    paths = RunPaths(run)
+    iterate(run, dataclasses.replace(CONFIG.iterate, mdnrnn_epochs=3, generations=2), data,
+            progress=False)
+    assert _epochs_and_generations(paths) == (1 + 3, 2 + 2)
+    iterate(run, dataclasses.replace(CONFIG.iterate, iterations=2), data, progress=False)
+    assert _epochs_and_generations(paths) == (4 + 1, 4 + 1)
+
+
+def test_a_state_from_before_starts_were_recorded_resumes_as_it_was_begun(base_run, tmp_path):
+    # iterate.json of older runs held no starts: an iteration killed in M's epochs resumes to
+    # the targets the settings implied then (1 + 2 x 2 epochs), not 2 more from where M is.
+    run, data = _copy(base_run, tmp_path)
+    paths = RunPaths(run)
+    config = dataclasses.replace(CONFIG.iterate, mdnrnn_epochs=2)
+    iterate(run, config, data, progress=False)
+    train_mdnrnn(run, dataclasses.replace(CONFIG.mdnrnn, epochs=4), resume=True, progress=False)
+    save_json({"completed": 1, "evolving": False}, run / "iterate.json")
+    iterate(run, dataclasses.replace(config, iterations=2), data, progress=False)
+    assert _epochs_and_generations(paths) == (1 + 2 * 2, 2 + 2 * 1)
+
+
 @pytest.mark.parametrize("base, kill_after", [
     ("base_run", "collect_one"), ("base_run", "train_mdnrnn"), ("base_run", "evolve"),
     ("dream_only_run", "evolve")])

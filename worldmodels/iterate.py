@@ -29,7 +29,8 @@ agent iterate started from) is the run's agent, or the last one where none was c
 M and C are put back in RUN.
 
 Resumable: every step saves as it goes (episodes, epochs, generations), and RUN/iterate.json
-records the finished iterations, so a kill loses at most the episode, epoch or generation in
+records the finished iterations (and where the one in progress began: M's epochs and CMA-ES's
+generations), so a kill loses at most the episode, epoch or generation in
 flight, and a finished iteration is never redone.
 """
 
@@ -46,6 +47,7 @@ import torch
 
 from worldmodels.agent import Agent, WorldModel, load_controller, run_episodes
 from worldmodels.atomic import write_bytes
+from worldmodels.checkpoint import load_payload
 from worldmodels.config import (
     SEED_BLOCK,
     IterateConfig,
@@ -75,6 +77,11 @@ FILES = ("mdnrnn.pt", "mdnrnn.json", "controller.npy")  # one snapshot of the ag
 class IterateState:
     completed: int = 0  # iterations finished
     evolving: bool = False  # the iteration in progress has started its evolution
+    # M's epochs and CMA-ES's generations when the iteration in progress began: it adds
+    # `mdnrnn_epochs` and `generations` to these once, resumed or not, even where the settings
+    # changed since earlier iterations (None: not begun yet).
+    start_epochs: int | None = None
+    start_generations: int | None = None
 
 
 def episode_plan(config: IterateConfig, iteration: int) -> list[tuple[int, float]]:
@@ -217,8 +224,13 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
     run_config = load_run_config(paths)
     data = Path(data) if data is not None else default_data(paths.root)
     state_path = paths.root / "iterate.json"
-    state = from_dict(IterateState, load_json(state_path)) if state_path.exists() \
-        else IterateState()
+    saved = load_json(state_path) if state_path.exists() else {}
+    state = from_dict(IterateState, saved)
+    if saved and "start_epochs" not in saved:
+        # Written before starts were recorded: the settings implied them, perhaps mid-iteration.
+        state.start_epochs = run_config.mdnrnn.epochs + state.completed * config.mdnrnn_epochs
+        state.start_generations = generations_through(run_config.evolve, config,
+                                                      state.completed)
     if not (paths.root / "iterations" / "00" / "agent.json").exists():
         snapshot(paths, 0, load_state(paths.es_state).agent_real_check)
     # A kill between an iteration's row and iterate.json redoes nothing but drops the row.
@@ -226,6 +238,10 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
     try:
         for it in range(state.completed + 1, config.iterations + 1):
             t0 = time.perf_counter()
+            if state.start_epochs is None:
+                state.start_epochs = int(load_payload(paths.mdnrnn).get("epoch", 0))
+                state.start_generations = load_state(paths.es_state).generation
+                save_json(asdict(state), state_path)
             if not state.evolving:  # until the iteration's evolution starts, RUN's C is the best
                 put_back(paths, best_snapshot(paths)[0], ("controller.npy",))
             files = collect_agent(paths.root, data, config, it, address, progress, device)
@@ -233,7 +249,7 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
             if unencoded:
                 encode(paths.root, data, progress=progress, device=device, files=unencoded)
             m_config = dataclasses.replace(
-                run_config.mdnrnn, epochs=run_config.mdnrnn.epochs + it * config.mdnrnn_epochs)
+                run_config.mdnrnn, epochs=state.start_epochs + config.mdnrnn_epochs)
             train_mdnrnn(paths.root, m_config, resume=True, progress=progress, device=device)
             if not state.evolving:  # M changed: earlier real checks were of other agents
                 es_state = load_state(paths.es_state)
@@ -246,7 +262,7 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
             # The dream C evolved in (evolve --tau/--done included), longer by this round.
             e_config = dataclasses.replace(
                 evolved_config(paths), workers=config.workers,
-                generations=generations_through(run_config.evolve, config, it))
+                generations=state.start_generations + config.generations)
             if config.real_eval_every:
                 e_config.real_eval_every = config.real_eval_every
             es_state = evolve(paths.root, e_config, resume=True, address=address,
