@@ -146,17 +146,20 @@ def test_each_iteration_adds_its_own_epochs_and_generations(base_run, tmp_path):
     assert _epochs_and_generations(paths) == (4 + 1, 4 + 1)
 
 
-def test_a_state_from_before_starts_were_recorded_resumes_as_it_was_begun(base_run, tmp_path):
-    # iterate.json of older runs held no starts: an iteration killed in M's epochs resumes to
-    # the targets the settings implied then (1 + 2 x 2 epochs), not 2 more from where M is.
+def test_killed_in_m_resumes_to_the_last_snapshot_plus_its_epochs(base_run, tmp_path):
+    # Killed during M's epochs (M past the last snapshot's 3), with a snapshot from before
+    # generations were recorded: M ends 2 epochs past the snapshot's, not 2 past where it was
+    # killed, and CMA-ES where the settings put it (2 + 1 + 1 generations).
     run, data = _copy(base_run, tmp_path)
     paths = RunPaths(run)
     config = dataclasses.replace(CONFIG.iterate, mdnrnn_epochs=2)
     iterate(run, config, data, progress=False)
     train_mdnrnn(run, dataclasses.replace(CONFIG.mdnrnn, epochs=4), resume=True, progress=False)
-    save_json({"completed": 1, "evolving": False}, run / "iterate.json")
+    old_snapshot = run / "iterations" / "01" / "agent.json"
+    old_snapshot.write_text(json.dumps({k: v for k, v in json.loads(old_snapshot.read_text())
+                                        .items() if k != "generation"}))
     iterate(run, dataclasses.replace(config, iterations=2), data, progress=False)
-    assert _epochs_and_generations(paths) == (1 + 2 * 2, 2 + 2 * 1)
+    assert _epochs_and_generations(paths) == (3 + 2, 2 + 1 + 1)
 
 
 @pytest.mark.parametrize("base, kill_after", [

@@ -15,12 +15,13 @@ agent is the latest one.
    iteration and noise, so an episode another run left under one of these seeds (a shared or
    borrowed data directory) is refused rather than taken as its own;
 2. encode only those new episodes with the same V;
-3. continue M from its checkpoint on all the data for `mdnrnn_epochs` more epochs;
-4. evolve `generations` more generations in the new dream: with `restart`, from a fresh
-   CMA-ES around the agent (the mean the real checks chose, not the latest mean, which may
-   have drifted into M's mistakes since), else from the CMA-ES state as it is. The real
-   checks choose this iteration's agent (C means are only comparable under one M); without
-   them it is the last mean;
+3. continue M from its checkpoint on all the data for `mdnrnn_epochs` more epochs than the
+   last snapshot's M had (so a run continued with other settings still adds them once);
+4. evolve `generations` more generations than the last snapshot recorded, in the new dream:
+   with `restart`, from a fresh CMA-ES around the agent (the mean the real checks chose, not
+   the latest mean, which may have drifted into M's mistakes since), else from the CMA-ES
+   state as it is. The real checks choose this iteration's agent (C means are only
+   comparable under one M); without them it is the last mean;
 5. snapshot the iteration's agent (M and C, with its real check, or none) in
    RUN/iterations/NN/ and log a row to RUN/logs/iterate.csv: data, M's held-out NLL, dream
    fitness, real check (nan without one).
@@ -29,8 +30,7 @@ agent iterate started from) is the run's agent, or the last one where none was c
 M and C are put back in RUN.
 
 Resumable: every step saves as it goes (episodes, epochs, generations), and RUN/iterate.json
-records the finished iterations (and where the one in progress began: M's epochs and CMA-ES's
-generations), so a kill loses at most the episode, epoch or generation in
+records the finished iterations, so a kill loses at most the episode, epoch or generation in
 flight, and a finished iteration is never redone.
 """
 
@@ -50,6 +50,7 @@ from worldmodels.atomic import write_bytes
 from worldmodels.checkpoint import load_payload
 from worldmodels.config import (
     SEED_BLOCK,
+    EvolveConfig,
     IterateConfig,
     check_fields,
     from_dict,
@@ -77,11 +78,6 @@ FILES = ("mdnrnn.pt", "mdnrnn.json", "controller.npy")  # one snapshot of the ag
 class IterateState:
     completed: int = 0  # iterations finished
     evolving: bool = False  # the iteration in progress has started its evolution
-    # M's epochs and CMA-ES's generations when the iteration in progress began: it adds
-    # `mdnrnn_epochs` and `generations` to these once, resumed or not, even where the settings
-    # changed since earlier iterations (None: not begun yet).
-    start_epochs: int | None = None
-    start_generations: int | None = None
 
 
 def episode_plan(config: IterateConfig, iteration: int) -> list[tuple[int, float]]:
@@ -184,11 +180,24 @@ def _steps(path: Path) -> int:
 
 
 def snapshot(paths: RunPaths, iteration: int, real: float | None) -> None:
-    """Copy the agent's files atomically; agent.json, written last, marks a whole snapshot."""
+    """Copy the agent's files atomically; agent.json, written last, marks a whole snapshot
+    and records CMA-ES's generations so far."""
     out = paths.root / "iterations" / f"{iteration:02d}"
     for name in FILES:
         write_bytes(out / name, (paths.root / name).read_bytes())
-    save_json({"iteration": iteration, "real_check": real}, out / "agent.json")
+    save_json({"iteration": iteration, "real_check": real,
+               "generation": load_state(paths.es_state).generation}, out / "agent.json")
+
+
+def snapshot_progress(paths: RunPaths, iteration: int, evolve: EvolveConfig,
+                      config: IterateConfig) -> tuple[int, int]:
+    """M's epochs and CMA-ES's generations at snapshot `iteration`: where the next iteration
+    begins. Snapshots made before generations were recorded had those the settings implied."""
+    out = paths.root / "iterations" / f"{iteration:02d}"
+    generation = load_json(out / "agent.json").get("generation")
+    if generation is None:
+        generation = generations_through(evolve, config, iteration)
+    return int(load_payload(out / "mdnrnn.pt").get("epoch", 0)), generation
 
 
 def best_snapshot(paths: RunPaths) -> tuple[int, float | None]:
@@ -224,13 +233,8 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
     run_config = load_run_config(paths)
     data = Path(data) if data is not None else default_data(paths.root)
     state_path = paths.root / "iterate.json"
-    saved = load_json(state_path) if state_path.exists() else {}
-    state = from_dict(IterateState, saved)
-    if saved and "start_epochs" not in saved:
-        # Written before starts were recorded: the settings implied them, perhaps mid-iteration.
-        state.start_epochs = run_config.mdnrnn.epochs + state.completed * config.mdnrnn_epochs
-        state.start_generations = generations_through(run_config.evolve, config,
-                                                      state.completed)
+    state = from_dict(IterateState, load_json(state_path)) if state_path.exists() \
+        else IterateState()
     if not (paths.root / "iterations" / "00" / "agent.json").exists():
         snapshot(paths, 0, load_state(paths.es_state).agent_real_check)
     # A kill between an iteration's row and iterate.json redoes nothing but drops the row.
@@ -238,18 +242,16 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
     try:
         for it in range(state.completed + 1, config.iterations + 1):
             t0 = time.perf_counter()
-            if state.start_epochs is None:
-                state.start_epochs = int(load_payload(paths.mdnrnn).get("epoch", 0))
-                state.start_generations = load_state(paths.es_state).generation
-                save_json(asdict(state), state_path)
             if not state.evolving:  # until the iteration's evolution starts, RUN's C is the best
                 put_back(paths, best_snapshot(paths)[0], ("controller.npy",))
             files = collect_agent(paths.root, data, config, it, address, progress, device)
             unencoded = [f for f in files if not (paths.latents / f.name).exists()]
             if unencoded:
                 encode(paths.root, data, progress=progress, device=device, files=unencoded)
-            m_config = dataclasses.replace(
-                run_config.mdnrnn, epochs=state.start_epochs + config.mdnrnn_epochs)
+            start_epochs, start_generations = snapshot_progress(paths, it - 1, run_config.evolve,
+                                                                 config)
+            m_config = dataclasses.replace(run_config.mdnrnn,
+                                           epochs=start_epochs + config.mdnrnn_epochs)
             train_mdnrnn(paths.root, m_config, resume=True, progress=progress, device=device)
             if not state.evolving:  # M changed: earlier real checks were of other agents
                 es_state = load_state(paths.es_state)
@@ -262,7 +264,7 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
             # The dream C evolved in (evolve --tau/--done included), longer by this round.
             e_config = dataclasses.replace(
                 evolved_config(paths), workers=config.workers,
-                generations=state.start_generations + config.generations)
+                generations=start_generations + config.generations)
             if config.real_eval_every:
                 e_config.real_eval_every = config.real_eval_every
             es_state = evolve(paths.root, e_config, resume=True, address=address,
