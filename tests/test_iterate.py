@@ -29,6 +29,7 @@ from worldmodels.evolve.cmaes import evolve, load_es, load_state
 from worldmodels.evolve.cmaes import restart as restart_es
 from worldmodels.iterate import AGENT_SEED, episode_plan, iterate
 from worldmodels.logger import read_csv
+from worldmodels.plot import iteration_starts
 from worldmodels.run import RunPaths
 from worldmodels.train.encode import encode
 from worldmodels.train.mdnrnn import train_mdnrnn
@@ -144,6 +145,9 @@ def test_each_iteration_adds_its_own_epochs_and_generations(base_run, tmp_path):
     assert _epochs_and_generations(paths) == (1 + 3, 2 + 2)
     iterate(run, dataclasses.replace(CONFIG.iterate, iterations=2), data, progress=False)
     assert _epochs_and_generations(paths) == (4 + 1, 4 + 1)
+    # The fitness plot marks where each iteration's evolution really began, not where the
+    # run's settings would put it (2 + 1 for the second).
+    assert iteration_starts(paths) == [2, 4]
 
 
 def test_killed_in_m_resumes_to_the_last_snapshot_plus_its_epochs(base_run, tmp_path):

@@ -54,7 +54,6 @@ from worldmodels.config import (
     IterateConfig,
     check_fields,
     from_dict,
-    generations_through,
     load_json,
     save_json,
 )
@@ -66,7 +65,7 @@ from worldmodels.logger import RunLogger, read_csv
 from worldmodels.npfiles import read_npz
 from worldmodels.progress import progress_bar
 from worldmodels.ray_session import ActorPool
-from worldmodels.run import RunPaths, load_run_config
+from worldmodels.run import RunPaths, load_run_config, snapshot_generation
 from worldmodels.train.encode import default_data, encode
 from worldmodels.train.mdnrnn import train_mdnrnn
 
@@ -182,7 +181,7 @@ def _steps(path: Path) -> int:
 def snapshot(paths: RunPaths, iteration: int, real: float | None) -> None:
     """Copy the agent's files atomically; agent.json, written last, marks a whole snapshot
     and records CMA-ES's generations so far."""
-    out = paths.root / "iterations" / f"{iteration:02d}"
+    out = paths.snapshot(iteration)
     for name in FILES:
         write_bytes(out / name, (paths.root / name).read_bytes())
     save_json({"iteration": iteration, "real_check": real,
@@ -192,12 +191,9 @@ def snapshot(paths: RunPaths, iteration: int, real: float | None) -> None:
 def snapshot_progress(paths: RunPaths, iteration: int, evolve: EvolveConfig,
                       config: IterateConfig) -> tuple[int, int]:
     """M's epochs and CMA-ES's generations at snapshot `iteration`: where the next iteration
-    begins. Snapshots made before generations were recorded had those the settings implied."""
-    out = paths.root / "iterations" / f"{iteration:02d}"
-    generation = load_json(out / "agent.json").get("generation")
-    if generation is None:
-        generation = generations_through(evolve, config, iteration)
-    return int(load_payload(out / "mdnrnn.pt").get("epoch", 0)), generation
+    begins."""
+    return (int(load_payload(paths.snapshot(iteration) / "mdnrnn.pt").get("epoch", 0)),
+            snapshot_generation(paths, iteration, evolve, config))
 
 
 def best_snapshot(paths: RunPaths) -> tuple[int, float | None]:
@@ -214,7 +210,7 @@ def put_back(paths: RunPaths, iteration: int, names: tuple[str, ...]) -> None:
     """Make RUN's `names` those of snapshot `iteration` (files already equal are not
     rewritten, so a resumed run touches nothing it does not change)."""
     for name in names:
-        chosen = (paths.root / "iterations" / f"{iteration:02d}" / name).read_bytes()
+        chosen = (paths.snapshot(iteration) / name).read_bytes()
         if chosen != (paths.root / name).read_bytes():
             write_bytes(paths.root / name, chosen)
 
@@ -235,7 +231,7 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
     state_path = paths.root / "iterate.json"
     state = from_dict(IterateState, load_json(state_path)) if state_path.exists() \
         else IterateState()
-    if not (paths.root / "iterations" / "00" / "agent.json").exists():
+    if not (paths.snapshot(0) / "agent.json").exists():
         snapshot(paths, 0, load_state(paths.es_state).agent_real_check)
     # A kill between an iteration's row and iterate.json redoes nothing but drops the row.
     logger = RunLogger(paths.logs, "iterate", keep_through=state.completed)

@@ -7,20 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from worldmodels import atomic
-from worldmodels.config import generations_through
 from worldmodels.logger import read_csv
-from worldmodels.run import RunPaths, load_run_config
+from worldmodels.run import RunPaths, load_run_config, snapshot_generation
 
 WIDTH, HEIGHT, PAD = 640, 360, 50
 SERIES = (("dream best", "#d62728"), ("dream mean", "#1f77b4"), ("real (CMA-ES mean)", "#2ca02c"))
 
 
 def iteration_starts(paths: RunPaths) -> list[int]:
-    """The generation after which each finished iteration's evolution began (iterate.csv)."""
+    """The generation after which each finished iteration's evolution began (iterate.csv):
+    where the snapshot before it ended."""
     if not (paths.logs / "iterate.csv").exists() or not paths.config.exists():
         return []
     config = load_run_config(paths)
-    return [generations_through(config.evolve, config.iterate, int(row["step"]) - 1)
+    return [snapshot_generation(paths, int(row["step"]) - 1, config.evolve, config.iterate)
             for row in read_csv(paths.logs / "iterate.csv")]
 
 

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worldmodels.atomic import writable_dir
-from worldmodels.config import PipelineConfig, from_dict, load_json, save_json
+from worldmodels.config import (
+    EvolveConfig,
+    IterateConfig,
+    PipelineConfig,
+    from_dict,
+    generations_through,
+    load_json,
+    save_json,
+)
 from worldmodels.env.games import GAMES
 from worldmodels.errors import UserError
 
@@ -59,6 +67,10 @@ class RunPaths:
     def videos(self) -> Path:
         return self.root / "videos"
 
+    def snapshot(self, iteration: int) -> Path:
+        """Where iterate keeps the agent as it stood after `iteration` (0: the first evolution)."""
+        return self.root / "iterations" / f"{iteration:02d}"
+
     def writable(self) -> Path:
         """The run directory, made if missing; one line if it cannot be written (checked
         before a stage works, not when it saves its first file)."""
@@ -83,3 +95,12 @@ def load_run_config(paths: RunPaths, default: PipelineConfig | None = None) -> P
     paths.writable()
     save_json(config, paths.config)
     return config
+
+
+def snapshot_generation(paths: RunPaths, iteration: int, evolve: EvolveConfig,
+                        iterate: IterateConfig) -> int:
+    """CMA-ES's generations at snapshot `iteration`, where the next iteration's evolution
+    begins. Snapshots made before these were recorded had what the settings implied."""
+    agent = paths.snapshot(iteration) / "agent.json"
+    generation = load_json(agent).get("generation") if agent.exists() else None
+    return generations_through(evolve, iterate, iteration) if generation is None else generation
