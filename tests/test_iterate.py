@@ -27,7 +27,7 @@ from worldmodels.data.rollouts import read_episode, validate_dir
 from worldmodels.errors import UserError
 from worldmodels.evolve.cmaes import evolve, load_es, load_state
 from worldmodels.evolve.cmaes import restart as restart_es
-from worldmodels.iterate import AGENT_SEED, episode_plan, iterate
+from worldmodels.iterate import AGENT_SEED, episode_plan, iterate, round_returns
 from worldmodels.logger import read_csv
 from worldmodels.plot import iteration_starts
 from worldmodels.run import RunPaths
@@ -92,6 +92,16 @@ def test_episode_plan_seeds_and_noise():
     assert plan == [(AGENT_SEED + 20_000 + j, n) for j, n in enumerate([0.2, 0.2, 0.0, 0.0])]
 
 
+def test_round_returns_split_the_agent_from_its_exploring_episodes(tmp_path):
+    files = []
+    for j, reward in enumerate(([1.0, 2.0], [10.0], [0.5, 0.5, 0.5], [7.0])):
+        files.append(tmp_path / f"episode_{j}.npz")
+        np.savez(files[-1], reward=np.array(reward, np.float32))
+    plan = [(0, 0.3), (1, 0.3), (2, 0.0), (3, 0.0)]
+    assert round_returns(files, plan) == pytest.approx((4.25, 6.5))
+    assert np.isnan(round_returns(files[:2], plan[:2])[0])  # no noiseless episodes
+
+
 def test_another_runs_episodes_under_the_seeds_are_refused(base_run, tmp_path):
     # A run given (or defaulting to) a data directory where another run has already played
     # iteration 1 must not take those episodes as its own.
@@ -119,6 +129,9 @@ def test_one_iteration_end_to_end_then_nothing_redone(base_run, tmp_path):
     first = read_episode(new[0])
     assert first.policy == "agent:iteration=1:noise=0.1" and len(first) <= 25
     assert read_episode(new[1]).policy.endswith("noise=0")
+    # The row scores the agent the round began with (noiseless) apart from its exploring twin.
+    assert rows[0]["agent_return"] == pytest.approx(read_episode(new[1]).reward.sum())
+    assert rows[0]["exploring_return"] == pytest.approx(first.reward.sum())
     assert all((paths.latents / f.name).exists() for f in new)
     assert read_csv(paths.logs / "mdnrnn.csv")[-1]["epoch"] == 2  # M went on: 1 + 1 epochs
     assert read_csv(paths.logs / "evolve.csv")[-1]["step"] == 3  # C went on: 2 + 1 generations

@@ -102,6 +102,15 @@ def check_own(path: Path, run_id: str, iteration: int) -> None:
                         f"its own with --data")
 
 
+def round_returns(files: list[Path], plan: list[tuple[int, float]]) -> tuple[float, float]:
+    """Mean real return of a round's noiseless episodes (the agent the round began with, as
+    it plays) and of its exploring ones; NaN where a round has none of a kind."""
+    returns = np.array([read_npz(f, ["reward"])["reward"].sum() for f in files])
+    noiseless = np.array([noise == 0 for _, noise in plan])
+    return tuple(float(returns[mask].mean()) if mask.any() else float("nan")
+                 for mask in (noiseless, ~noiseless))
+
+
 def exploring_params(params: np.ndarray, plan: list[tuple[int, float]]) -> np.ndarray:
     """(len(plan), P): C's parameters plus each episode's own Gaussian noise, drawn from its
     seed (so an episode is the same whichever worker plays it, and after a resume)."""
@@ -270,7 +279,9 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
             m_row = read_csv(paths.logs / "mdnrnn.csv")[-1]
             e_row = read_csv(paths.logs / "evolve.csv")[-1]
             episodes = list_episodes(data)
+            agent_return, exploring_return = round_returns(files, episode_plan(config, it))
             logger.log(it, episodes=len(episodes), frames=sum(_steps(f) for f in episodes),
+                       agent_return=agent_return, exploring_return=exploring_return,
                        valid_z_nll=m_row["valid_z_nll"], dream_fitness=e_row["mean"],
                        real_check=np.nan if real is None else real,
                        minutes=(time.perf_counter() - t0) / 60)
@@ -297,7 +308,9 @@ def cli_iterate(args: argparse.Namespace) -> int:
                    device=str(resolve_device(args.device)))
     for row in rows:
         real = "none" if np.isnan(row["real_check"]) else f"{row['real_check']:.1f}"
-        print(f"iteration {int(row['step'])}: {int(row['episodes'])} episodes, M held-out NLL "
+        print(f"iteration {int(row['step'])}: {int(row['episodes'])} episodes, the agent it "
+              f"began with {row.get('agent_return', np.nan):.1f} (exploring "
+              f"{row.get('exploring_return', np.nan):.1f}), M held-out NLL "
               f"{row['valid_z_nll']:.2f}, dream fitness {row['dream_fitness']:.1f}, real check "
               f"{real}")
     return 0
