@@ -23,8 +23,9 @@ agent is the latest one.
    state as it is. The real checks choose this iteration's agent (C means are only
    comparable under one M); without them it is the last mean;
 5. snapshot the iteration's agent (M and C, with its real check, or none) in
-   RUN/iterations/NN/ and log a row to RUN/logs/iterate.csv: data, M's held-out NLL, dream
-   fitness, real check (nan without one).
+   RUN/iterations/NN/ and log a row to RUN/logs/iterate.csv: data, the real returns of the
+   round's noiseless and exploring episodes, M's held-out NLL, dream fitness, real check (nan
+   without one).
 When every iteration is done, the snapshot with the best real check (iteration 0 is the
 agent iterate started from) is the run's agent, or the last one where none was checked: its
 M and C are put back in RUN.
