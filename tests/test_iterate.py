@@ -14,6 +14,7 @@ import torch
 from fake_run import evolve_elsewhere_then_record_taus
 
 import worldmodels.iterate as iterate_module
+from worldmodels.atomic import write_bytes
 from worldmodels.cli import main
 from worldmodels.config import (
     EvolveConfig,
@@ -23,7 +24,7 @@ from worldmodels.config import (
     VAEConfig,
     save_json,
 )
-from worldmodels.data.rollouts import read_episode, validate_dir
+from worldmodels.data.rollouts import encode_episode, episode_path, read_episode, validate_dir
 from worldmodels.errors import UserError
 from worldmodels.evolve.cmaes import evolve, load_es, load_state
 from worldmodels.evolve.cmaes import restart as restart_es
@@ -354,3 +355,69 @@ def test_without_real_checks_each_iteration_builds_on_the_last_mean(dream_only_r
     capsys.readouterr()
     assert main(["iterate", "--run", str(run), "--data", str(data)]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith("real check none")
+
+
+def _live_longest(path, by: float = 1e6) -> None:
+    """Give an agent episode a return no other has."""
+    episode = read_episode(path)
+    episode.reward[-1] += by
+    write_bytes(path, encode_episode(episode))
+
+
+def test_choose_by_episodes_keeps_the_longest_lived_snapshot(dream_only_run, tmp_path,
+                                                             monkeypatch, capsys):
+    run, data = _copy(dream_only_run, tmp_path)
+    paths = RunPaths(run)
+    config = dataclasses.replace(CONFIG.iterate, iterations=2, choose="episodes")
+    iterate(run, config, data, progress=False)
+    snaps = [run / "iterations" / f"{it:02d}" for it in (0, 1, 2)]
+    # The last agent played the next round's noiseless episode, labelled as that round's.
+    (seed, noise), = [(s, n) for s, n in episode_plan(config, 3) if n == 0]
+    final = read_episode(episode_path(data, seed))
+    assert final.policy == "agent:iteration=3:noise=0"
+    rounds = {it: read_episode(episode_path(data, episode_plan(config, it + 1)[-1][0]))
+              for it in (0, 1, 2)}
+    returns = {it: float(e.reward.sum()) for it, e in rounds.items()}
+    best = max(returns, key=lambda it: (returns[it], it))
+    assert json.loads((run / "iterate.json").read_text())["agent"] == best
+    assert (snaps[best] / "controller.npy").read_bytes() == paths.controller.read_bytes()
+
+    def chosen_after_living_longest(it: int) -> int:
+        _live_longest(episode_path(data, episode_plan(config, it + 1)[-1][0]))
+        files = sorted(data.iterdir())
+        capsys.readouterr()
+        assert main(["iterate", "--run", str(run), "--data", str(data), "--choose",
+                     "episodes", "--iterations", "2"]) == 0
+        assert sorted(data.iterdir()) == files  # nothing played again
+        assert f"the agent of iteration {it} (its noiseless real episodes: " in \
+            capsys.readouterr().out
+        for name in ("controller.npy", "mdnrnn.pt"):
+            assert (snaps[it] / name).read_bytes() == (paths.root / name).read_bytes()
+        return json.loads((run / "iterate.json").read_text())["agent"]
+
+    assert chosen_after_living_longest(1) == 1  # an earlier agent: M and C put back
+    # More rounds go on from the last M, not the chosen one's, and play only the noisy half
+    # of round 3 (its noiseless half is the last agent's episodes above).
+    trained_from = []
+    real_train = iterate_module.train_mdnrnn
+
+    def record(run_dir, *args, **kwargs):
+        trained_from.append(RunPaths(run_dir).mdnrnn.read_bytes())
+        return real_train(run_dir, *args, **kwargs)
+    monkeypatch.setattr(iterate_module, "train_mdnrnn", record)
+    before = set(data.iterdir())
+    iterate(run, dataclasses.replace(config, iterations=3, choose="check"), data,
+            progress=False)
+    assert trained_from == [(snaps[2] / "mdnrnn.pt").read_bytes()]
+    assert [read_episode(f).policy for f in set(data.iterdir()) - before] == \
+        ["agent:iteration=3:noise=0.1"]
+    assert (run / "iterations" / "03" / "controller.npy").read_bytes() == \
+        paths.controller.read_bytes()  # choose check, no real checks: the last
+
+
+def test_choose_by_episodes_needs_noiseless_episodes(dream_only_run, tmp_path):
+    run, data = _copy(dream_only_run, tmp_path)
+    config = dataclasses.replace(CONFIG.iterate, choose="episodes", noisy_fraction=1.0)
+    with pytest.raises(UserError, match="iterate.choose episodes needs noiseless episodes: "
+                                        "iterate.noisy_fraction 1 leaves none of 2"):
+        iterate(run, config, data, progress=False)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 from fake_run import evolve_elsewhere_then_record_taus
 
 from worldmodels import pipeline as pipeline_module
-from worldmodels.config import preset
+from worldmodels.config import load_json, preset, save_json
 from worldmodels.errors import UserError
+from worldmodels.evaluate import agent_digest
 from worldmodels.logger import read_csv
 from worldmodels.pipeline import pipeline
 from worldmodels.run import RunPaths
@@ -58,6 +60,17 @@ def test_tiny_pipeline_end_to_end_then_skips(tmp_path, ray_session, monkeypatch)
     assert again["controller"]["returns"] == results["controller"]["returns"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert taus == [2.5] and tiny.evolve.tau != 2.5
+
+    # The first evolution's agent now checks best: iterate makes it the run's agent, and the
+    # evaluation and videos of the agent the run no longer has are made again.
+    first = run / "iterations" / "00"
+    save_json({**load_json(first / "agent.json"), "real_check": 1e9}, first / "agent.json")
+    last = paths.controller.read_bytes()
+    pipeline(run, "tiny", data=data, progress=False)
+    assert last != paths.controller.read_bytes() == (first / "controller.npy").read_bytes()
+    assert load_json(paths.evaluation)["agent"] == agent_digest(np.load(paths.controller))
+    for video in ("dream.mp4", "real.mp4"):
+        assert (paths.videos / video).stat().st_mtime >= paths.controller.stat().st_mtime
 
     with pytest.raises(UserError, match="made with --preset tiny"):
         pipeline(run, "small", data=data, progress=False)

@@ -11,7 +11,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from worldmodels.config import DONE_RULES, EVOLVE_IN, MIXTURES, PRESETS, CollectConfig
+from worldmodels.config import CHOOSE_BY, DONE_RULES, EVOLVE_IN, MIXTURES, PRESETS, CollectConfig
 from worldmodels.device import DEVICE_HELP
 from worldmodels.env.games import DEFAULT as DEFAULT_ENV
 from worldmodels.env.games import GAMES
@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=_positive, default=None, help="real episodes per iteration")
     p.add_argument("--noise", type=float, default=None,
                    help="std of the noise on C's parameters in exploring episodes (>= 0)")
+    p.add_argument("--choose", choices=CHOOSE_BY, default=None,
+                   help="which snapshot is the run's agent at the end: the best real check "
+                        "(the last without checks) or the best over its noiseless episodes")
     p.add_argument("--restart", action=argparse.BooleanOptionalAction, default=None,
                    help="start each iteration's CMA-ES afresh around the agent (default: the "
                         "run's iterate.restart)")

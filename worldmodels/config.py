@@ -22,6 +22,7 @@ MIXTURES = ("factorised", "joint")
 LR_SCHEDULES = ("constant", "cosine")
 EVOLVE_IN = ("dream", "real")
 DONE_RULES = ("threshold", "likely", "sample")
+CHOOSE_BY = ("check", "episodes")  # how iterate picks the run's agent among its snapshots
 
 
 def choice(default: str, names: tuple[str, ...]) -> Any:
@@ -192,6 +193,11 @@ class IterateConfig:
     real_eval_every: int = non_negative(0)
     """Every N generations of an iteration's evolution its mean plays a real check (0: as often
     as in the first evolution, evolve.real_eval_every; never where it had none)."""
+    choose: str = choice("check", CHOOSE_BY)
+    """Which snapshot is the run's agent when the rounds are done: `check` (the best real
+    check; the last where none was checked) or `episodes` (the longest-lived over its
+    noiseless real episodes: those of the round after it; the last plays as many of its own,
+    the next round's, first)."""
     restart: bool = True
     """Each iteration restarts CMA-ES around the run's agent with sigma0 (False: continue its
     state, whose mean may have drifted from the agent the real checks chose; README)."""

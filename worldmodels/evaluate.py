@@ -43,11 +43,14 @@ def episode_seeds(config: EvaluateConfig) -> list[int]:
     return [config.seed + i for i in range(config.episodes)]
 
 
-def holds_episodes(summary: dict | None, seeds: list[int], max_steps: int) -> bool:
+def holds_episodes(summary: dict | None, seeds: list[int], max_steps: int,
+                   agent: str | None = None) -> bool:
     """Whether a saved summary (None: none saved) scored these episodes (older summaries
-    lack max_steps)."""
+    lack max_steps) and, given `agent` (`agent_digest`), of that C (older summaries, which do
+    not say, are not taken for it)."""
     return (isinstance(summary, dict) and summary.get("seeds") == seeds
-            and summary.get("max_steps", max_steps) == max_steps)
+            and summary.get("max_steps", max_steps) == max_steps
+            and (agent is None or summary.get("agent") == agent))
 
 
 def summary_path(paths: RunPaths, policy: str) -> Path:
@@ -55,11 +58,15 @@ def summary_path(paths: RunPaths, policy: str) -> Path:
     return paths.evaluation if policy == "controller" else paths.root / "evaluation_random.json"
 
 
+def agent_digest(params: np.ndarray | None) -> str:
+    """Names the C a summary scored ("random": random play)."""
+    return "random" if params is None else hashlib.sha256(
+        np.ascontiguousarray(params, np.float32).tobytes()).hexdigest()[:16]
+
+
 def episodes_key(params: np.ndarray | None, max_steps: int) -> str:
     """What a finished episode's return depends on besides its seed: C and the step limit."""
-    digest = "random" if params is None else hashlib.sha256(
-        np.ascontiguousarray(params, np.float32).tobytes()).hexdigest()[:16]
-    return f"{digest}/max_steps={max_steps}"
+    return f"{agent_digest(params)}/max_steps={max_steps}"
 
 
 def load_finished(path: Path, key: str) -> dict[int, list]:
@@ -130,6 +137,7 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
     summary = summarize(np.array([finished[s][0] for s in seeds]),
                         np.array([finished[s][1] for s in seeds]), seeds, policy)
     summary["max_steps"], summary["seconds"] = config.max_steps, time.perf_counter() - start
+    summary["agent"] = agent_digest(params)
     save_json(summary, out)
     partial.unlink(missing_ok=True)
     if video is not None:

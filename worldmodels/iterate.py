@@ -26,9 +26,13 @@ agent is the latest one.
    RUN/iterations/NN/ and log a row to RUN/logs/iterate.csv: data, the real returns of the
    round's noiseless and exploring episodes, M's held-out NLL, dream fitness, real check (nan
    without one).
-When every iteration is done, the snapshot with the best real check (iteration 0 is the
-agent iterate started from) is the run's agent, or the last one where none was checked: its
-M and C are put back in RUN.
+When every iteration is done, one snapshot (iteration 0 is the agent iterate started from)
+is the run's agent, its M and C put back in RUN (`choose`): with `check`, the one with the
+best real check, or the last where none was checked; with `episodes`, the one whose
+noiseless round episodes (those of the round after it) had the best mean return, the last
+first playing the next round's noiseless episodes. Those are real episodes of C-s evolved
+only in the dream, on the agent seeds (never evaluation seeds): they choose among the agents,
+as a held-out set chooses an epoch. Rounds continued later go on from the last snapshot.
 
 Resumable: every step saves as it goes (episodes, epochs, generations), and RUN/iterate.json
 records the finished iterations, so a kill loses at most the episode, epoch or generation in
@@ -78,6 +82,7 @@ FILES = ("mdnrnn.pt", "mdnrnn.json", "controller.npy")  # one snapshot of the ag
 class IterateState:
     completed: int = 0  # iterations finished
     evolving: bool = False  # the iteration in progress has started its evolution
+    agent: int = -1  # the snapshot put back as the run's agent when the rounds last ended
 
 
 def episode_plan(config: IterateConfig, iteration: int) -> list[tuple[int, float]]:
@@ -103,10 +108,14 @@ def check_own(path: Path, run_id: str, iteration: int) -> None:
                         f"its own with --data")
 
 
+def episode_return(path: Path) -> float:
+    return float(read_npz(path, ["reward"])["reward"].sum())
+
+
 def round_returns(files: list[Path], plan: list[tuple[int, float]]) -> tuple[float, float]:
     """Mean real return of a round's noiseless episodes (the agent the round began with, as
     it plays) and of its exploring ones; NaN where a round has none of a kind."""
-    returns = np.array([read_npz(f, ["reward"])["reward"].sum() for f in files])
+    returns = np.array([episode_return(f) for f in files])
     noiseless = np.array([noise == 0 for _, noise in plan])
     return tuple(float(returns[mask].mean()) if mask.any() else float("nan")
                  for mask in (noiseless, ~noiseless))
@@ -143,10 +152,12 @@ class AgentPlayer:
 
 
 def collect_agent(run: Path, data: Path, config: IterateConfig, iteration: int,
-                  address: str | None, progress: bool, device: str = "cpu") -> list[Path]:
-    """Play the iteration's missing episodes into `data`; returns all its episode files."""
+                  address: str | None, progress: bool, device: str = "cpu",
+                  plan: list[tuple[int, float]] | None = None) -> list[Path]:
+    """Play the missing episodes of the iteration's plan (or of `plan`, a part of it) into
+    `data` with RUN's agent; returns all their episode files."""
     run_config = load_run_config(RunPaths(run))
-    plan = episode_plan(config, iteration)
+    plan = episode_plan(config, iteration) if plan is None else plan
     files = [episode_path(data, seed) for seed, _ in plan]
     todo = []
     for (seed, noise), path in zip(plan, files, strict=True):
@@ -216,6 +227,44 @@ def best_snapshot(paths: RunPaths) -> tuple[int, float | None]:
     return iteration, real
 
 
+def noiseless_plan(config: IterateConfig, iteration: int) -> list[tuple[int, float]]:
+    """The iteration's episodes of the agent it began with as it is (no noise)."""
+    return [(seed, noise) for seed, noise in episode_plan(config, iteration) if noise == 0]
+
+
+def episode_scores(data: Path, config: IterateConfig, last: int) -> dict[int, float]:
+    """Mean real return of each snapshot's noiseless episodes (those of the round after it)
+    that `data` holds in full."""
+    scores = {}
+    for it in range(last + 1):
+        files = [episode_path(data, seed) for seed, _ in noiseless_plan(config, it + 1)]
+        if files and all(f.exists() for f in files):
+            scores[it] = float(np.mean([episode_return(f) for f in files]))
+    return scores
+
+
+def check_choice(config: IterateConfig) -> None:
+    """Refuse `choose` episodes without noiseless episodes to choose by (before any round)."""
+    if config.choose == "episodes" and not noiseless_plan(config, 1):
+        raise UserError(f"iterate.choose episodes needs noiseless episodes: iterate."
+                        f"noisy_fraction {config.noisy_fraction:g} leaves none of "
+                        f"{config.episodes}")
+
+
+def choose_by_episodes(paths: RunPaths, data: Path, config: IterateConfig, last: int,
+                       address: str | None, progress: bool, device: str) -> tuple[int, float]:
+    """(iteration, score) of the snapshot whose noiseless episodes lived longest (the later
+    of a tie). The last snapshot first plays its own: the next round's noiseless episodes,
+    so a run continued later collects only the rest of that round."""
+    final = noiseless_plan(config, last + 1)
+    if not all(episode_path(data, seed).exists() for seed, _ in final):
+        put_back(paths, last, FILES)  # they are the last agent's, wherever RUN was left
+        collect_agent(paths.root, data, config, last + 1, address, progress, device, final)
+    scores = episode_scores(data, config, last)
+    best = max(scores, key=lambda it: (scores[it], it))
+    return best, scores[best]
+
+
 def put_back(paths: RunPaths, iteration: int, names: tuple[str, ...]) -> None:
     """Make RUN's `names` those of snapshot `iteration` (files already equal are not
     rewritten, so a resumed run touches nothing it does not change)."""
@@ -231,6 +280,7 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
     """Run (or continue) `config.iterations` iterations, writing the agent's episodes into
     `data` (default: the directory V was trained on); returns the iterate.csv rows."""
     check_fields(config, "config.json or a flag", "iterate")
+    check_choice(config)
     paths = RunPaths(Path(run))
     paths.writable()
     for path, made_by in ((paths.vae, "train-vae"), (paths.mdnrnn, "train-mdnrnn"),
@@ -243,6 +293,12 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
         else IterateState()
     if not (paths.snapshot(0) / "agent.json").exists():
         snapshot(paths, 0, load_state(paths.es_state).agent_real_check)
+    if state.completed < config.iterations and state.agent not in (-1, state.completed):
+        # RUN holds an earlier snapshot's agent, chosen when the rounds last ended: M goes on
+        # from the latest (C's base is chosen below).
+        put_back(paths, state.completed, FILES)
+        state.agent = -1
+        save_json(asdict(state), state_path)
     # A kill between an iteration's row and iterate.json redoes nothing but drops the row.
     logger = RunLogger(paths.logs, "iterate", keep_through=state.completed)
     try:
@@ -286,14 +342,22 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
                        valid_z_nll=m_row["valid_z_nll"], dream_fitness=e_row["mean"],
                        real_check=np.nan if real is None else real,
                        minutes=(time.perf_counter() - t0) / 60)
-            state = IterateState(completed=it, evolving=False)
+            state = IterateState(completed=it)
             save_json(asdict(state), state_path)
     finally:
         logger.close()
-    best, real = best_snapshot(paths)
-    put_back(paths, best, FILES)  # the best-checked agent (or the last) is the run's agent
-    if progress:
+    if config.choose == "episodes":
+        best, score = choose_by_episodes(paths, data, config, state.completed, address,
+                                         progress, device)
+        why = f"its noiseless real episodes: {score:.1f}"
+    else:
+        best, real = best_snapshot(paths)
         why = "no real checks: the last" if real is None else f"real check {real:.1f}"
+    put_back(paths, best, FILES)  # the run's agent
+    if state.agent != best:
+        state.agent = best
+        save_json(asdict(state), state_path)
+    if progress:
         print(f"iterate: the agent of iteration {best} ({why}) is the run's agent")
     return read_csv(paths.logs / "iterate.csv") if (paths.logs / "iterate.csv").exists() else []
 
@@ -302,7 +366,8 @@ def cli_iterate(args: argparse.Namespace) -> int:
     paths = RunPaths(args.run)
     paths.require(paths.es_state, "evolve")
     config = load_run_config(paths).iterate
-    for name in ("iterations", "episodes", "noise", "restart", "real_eval_every", "workers"):
+    for name in ("iterations", "episodes", "noise", "choose", "restart", "real_eval_every",
+                 "workers"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     rows = iterate(args.run, config, args.data, address=args.address,

@@ -32,6 +32,7 @@ from worldmodels.device import resolve_device
 from worldmodels.env.games import get_game
 from worldmodels.errors import UserError
 from worldmodels.evaluate import (
+    agent_digest,
     episode_seeds,
     evaluate,
     holds_episodes,
@@ -40,7 +41,7 @@ from worldmodels.evaluate import (
 )
 from worldmodels.evolve.cmaes import evolve, evolved_config
 from worldmodels.evolve.workers import make_evaluator
-from worldmodels.iterate import iterate
+from worldmodels.iterate import check_choice, iterate
 from worldmodels.plot import fitness_svg
 from worldmodels.run import RunPaths, load_run_config
 from worldmodels.train.encode import encode
@@ -96,6 +97,7 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     paths = RunPaths(Path(run))
     paths.writable()
     config = run_config(paths, preset_name, seed, settings)
+    check_choice(config.iterate)  # now, not when the rounds end hours later
     data = Path(data) if data is not None else paths.root / "data"
     if workers is not None:  # for this invocation only; the saved config keeps the preset's
         config.collect.workers = config.evolve.workers = config.evaluate.workers = workers
@@ -145,7 +147,9 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
         for policy, eval_config in (("controller", config.evaluate), ("random", random_eval)):
             out = summary_path(paths, policy)
             held = load_json(out) if out.exists() else None
-            if holds_episodes(held, episode_seeds(eval_config), eval_config.max_steps):
+            # The run's agent may have changed since (iterate chose another snapshot).
+            agent = agent_digest(load_controller(paths)) if policy == "controller" else None
+            if holds_episodes(held, episode_seeds(eval_config), eval_config.max_steps, agent):
                 _say(progress, f"evaluate ({policy}): done already")
                 results[policy] = held
                 continue
@@ -157,6 +161,10 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
 
     fitness_svg(paths.root)  # RUN/fitness.svg: dream and real fitness per generation
     dream_video, real_video = paths.videos / "dream.mp4", paths.videos / "real.mp4"
+    agent_made = max(paths.controller.stat().st_mtime, paths.mdnrnn.stat().st_mtime)
+    for video in (dream_video, real_video):  # of an agent the run no longer has
+        if video.exists() and video.stat().st_mtime < agent_made:
+            video.unlink()
     if not dream_video.exists():
         _say(progress, f"dream video -> {dream_video}")
         write_video(dream_video, dream_frames(paths.root, steps=config.evolve.max_steps,
