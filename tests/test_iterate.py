@@ -415,9 +415,19 @@ def test_choose_by_episodes_keeps_the_longest_lived_snapshot(dream_only_run, tmp
         paths.controller.read_bytes()  # choose check, no real checks: the last
 
 
-def test_choose_by_episodes_needs_noiseless_episodes(dream_only_run, tmp_path):
-    run, data = _copy(dream_only_run, tmp_path)
+def test_choose_by_episodes_needs_noiseless_episodes_and_no_real_checks(
+        dream_only_run, base_run, tmp_path, capsys):
+    run, data = _copy(dream_only_run, tmp_path / "a")
+    before = sorted(f.name for f in data.iterdir())
     config = dataclasses.replace(CONFIG.iterate, choose="episodes", noisy_fraction=1.0)
     with pytest.raises(UserError, match="iterate.choose episodes needs noiseless episodes: "
                                         "iterate.noisy_fraction 1 leaves none of 2"):
         iterate(run, config, data, progress=False)
+    checked, checked_data = _copy(base_run, tmp_path / "b")  # its rounds play the best check
+    assert main(["iterate", "--run", str(checked), "--data", str(checked_data), "--choose",
+                 "episodes"]) == 2
+    assert capsys.readouterr().err.strip().endswith("with real checks (evolve.real_eval_every "
+                                                    "or iterate.real_eval_every above 0) "
+                                                    "choose check")
+    for root in (data, checked_data):  # refused before any round
+        assert sorted(f.name for f in root.iterdir()) == before

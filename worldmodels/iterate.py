@@ -30,9 +30,10 @@ When every iteration is done, one snapshot (iteration 0 is the agent iterate sta
 is the run's agent, its M and C put back in RUN (`choose`): with `check`, the one with the
 best real check, or the last where none was checked; with `episodes`, the one whose
 noiseless round episodes (those of the round after it) had the best mean return, the last
-first playing the next round's noiseless episodes. Those are real episodes of C-s evolved
-only in the dream, on the agent seeds (never evaluation seeds): they choose among the agents,
-as a held-out set chooses an epoch. Rounds continued later go on from the last snapshot.
+first playing the next round's noiseless episodes (only without real checks: with them a
+round plays the best-checked C). C still learns only in the dream: these real episodes, on
+the agent seeds (never evaluation seeds), choose among the dream's agents, as a held-out set
+chooses an epoch. Rounds continued later go on from the last snapshot.
 
 Resumable: every step saves as it goes (episodes, epochs, generations), and RUN/iterate.json
 records the finished iterations, so a kill loses at most the episode, epoch or generation in
@@ -243,12 +244,20 @@ def episode_scores(data: Path, config: IterateConfig, last: int) -> dict[int, fl
     return scores
 
 
-def check_choice(config: IterateConfig) -> None:
-    """Refuse `choose` episodes without noiseless episodes to choose by (before any round)."""
-    if config.choose == "episodes" and not noiseless_plan(config, 1):
+def check_choice(config: IterateConfig, evolve_real_eval_every: int) -> None:
+    """Refuse `choose` episodes (before any round) without noiseless episodes to choose by,
+    or with real checks: a round then plays the best-checked C, not the last snapshot's, so
+    its episodes would not score the snapshot before it."""
+    if config.choose != "episodes":
+        return
+    if not noiseless_plan(config, 1):
         raise UserError(f"iterate.choose episodes needs noiseless episodes: iterate."
                         f"noisy_fraction {config.noisy_fraction:g} leaves none of "
                         f"{config.episodes}")
+    if config.real_eval_every or evolve_real_eval_every:
+        raise UserError("iterate.choose episodes is for C evolved only in the dream; with real "
+                        "checks (evolve.real_eval_every or iterate.real_eval_every above 0) "
+                        "choose check")
 
 
 def choose_by_episodes(paths: RunPaths, data: Path, config: IterateConfig, last: int,
@@ -280,12 +289,12 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
     """Run (or continue) `config.iterations` iterations, writing the agent's episodes into
     `data` (default: the directory V was trained on); returns the iterate.csv rows."""
     check_fields(config, "config.json or a flag", "iterate")
-    check_choice(config)
     paths = RunPaths(Path(run))
     paths.writable()
     for path, made_by in ((paths.vae, "train-vae"), (paths.mdnrnn, "train-mdnrnn"),
                           (paths.es_state, "evolve"), (paths.controller, "evolve")):
         paths.require(path, made_by)
+    check_choice(config, evolved_config(paths).real_eval_every)
     run_config = load_run_config(paths)
     data = Path(data) if data is not None else default_data(paths.root)
     state_path = paths.root / "iterate.json"

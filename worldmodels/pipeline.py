@@ -97,7 +97,8 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     paths = RunPaths(Path(run))
     paths.writable()
     config = run_config(paths, preset_name, seed, settings)
-    check_choice(config.iterate)  # now, not when the rounds end hours later
+    # Now, not when the rounds end hours later.
+    check_choice(config.iterate, config.evolve.real_eval_every)
     data = Path(data) if data is not None else paths.root / "data"
     if workers is not None:  # for this invocation only; the saved config keeps the preset's
         config.collect.workers = config.evolve.workers = config.evaluate.workers = workers
