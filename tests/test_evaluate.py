@@ -7,13 +7,14 @@ import json
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 from fake_run import make_run
 
 from worldmodels import atomic, checkpoint
 from worldmodels.agent import WorldModel
 from worldmodels.cli import main
 from worldmodels.config import EvaluateConfig, VAEConfig
-from worldmodels.evaluate import evaluate
+from worldmodels.evaluate import agent_digest, evaluate
 from worldmodels.evolve.workers import SerialEvaluator
 from worldmodels.models.controller import param_count
 from worldmodels.models.vae import ConvVAE
@@ -173,3 +174,11 @@ def test_evaluate_on_a_read_only_run_fails_before_playing(tmp_path, capsys, monk
     assert main(["evaluate", "--run", str(run), "--episodes", "1", "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"--run {run}: directory is not writable")
+
+
+def test_the_agent_digest_names_c_and_the_weights_of_m():
+    params, m = np.ones(3, np.float32), {"w": torch.zeros(2)}
+    assert agent_digest(params, m) == agent_digest(params.copy(), {"w": torch.zeros(2)})
+    assert agent_digest(params, {"w": torch.ones(2)}) != agent_digest(params, m)
+    assert agent_digest(2 * params, m) != agent_digest(params, m)
+    assert agent_digest(None, m) == "random"

@@ -379,7 +379,7 @@ def test_choose_by_episodes_keeps_the_longest_lived_snapshot(dream_only_run, tmp
               for it in (0, 1, 2)}
     returns = {it: float(e.reward.sum()) for it, e in rounds.items()}
     best = max(returns, key=lambda it: (returns[it], it))
-    assert json.loads((run / "iterate.json").read_text())["agent"] == best
+    assert json.loads((run / "iterate.json").read_text())["chosen"] == best
     assert (snaps[best] / "controller.npy").read_bytes() == paths.controller.read_bytes()
 
     def chosen_after_living_longest(it: int) -> int:
@@ -393,9 +393,13 @@ def test_choose_by_episodes_keeps_the_longest_lived_snapshot(dream_only_run, tmp
             capsys.readouterr().out
         for name in ("controller.npy", "mdnrnn.pt"):
             assert (snaps[it] / name).read_bytes() == (paths.root / name).read_bytes()
-        return json.loads((run / "iterate.json").read_text())["agent"]
+        return json.loads((run / "iterate.json").read_text())["chosen"]
 
     assert chosen_after_living_longest(1) == 1  # an earlier agent: M and C put back
+    # A call that runs no new round (the pipeline's, after the iterate --choose above) keeps
+    # the choice, whatever the run's own setting.
+    iterate(run, dataclasses.replace(config, choose="check"), data, progress=False)
+    assert paths.controller.read_bytes() == (snaps[1] / "controller.npy").read_bytes()
     # More rounds go on from the last M, not the chosen one's, and play only the noisy half
     # of round 3 (its noiseless half is the last agent's episodes above).
     trained_from = []

@@ -7,9 +7,11 @@ import time
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 from fake_run import evolve_elsewhere_then_record_taus
 
 from worldmodels import pipeline as pipeline_module
+from worldmodels.cli import main
 from worldmodels.config import load_json, preset, save_json
 from worldmodels.errors import UserError
 from worldmodels.evaluate import agent_digest
@@ -61,16 +63,22 @@ def test_tiny_pipeline_end_to_end_then_skips(tmp_path, ray_session, monkeypatch)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert taus == [2.5] and tiny.evolve.tau != 2.5
 
-    # The first evolution's agent now checks best: iterate makes it the run's agent, and the
-    # evaluation and videos of the agent the run no longer has are made again.
+    # The first evolution's agent now checks best. The pipeline keeps the agent chosen when
+    # the rounds ended; `iterate --choose check` chooses again and makes it the run's agent,
+    # and then the pipeline makes the evaluation and videos of the new agent.
     first = run / "iterations" / "00"
     save_json({**load_json(first / "agent.json"), "real_check": 1e9}, first / "agent.json")
     last = paths.controller.read_bytes()
     pipeline(run, "tiny", data=data, progress=False)
+    assert paths.controller.read_bytes() == last
+    assert main(["iterate", "--run", str(run), "--data", str(data), "--choose", "check"]) == 0
     assert last != paths.controller.read_bytes() == (first / "controller.npy").read_bytes()
-    assert load_json(paths.evaluation)["agent"] == agent_digest(np.load(paths.controller))
-    for video in ("dream.mp4", "real.mp4"):
-        assert (paths.videos / video).stat().st_mtime >= paths.controller.stat().st_mtime
+    videos = {v: (paths.videos / v).stat().st_mtime_ns for v in ("dream.mp4", "real.mp4")}
+    pipeline(run, "tiny", data=data, progress=False)
+    m_weights = torch.load(paths.mdnrnn, weights_only=True)["model"]
+    assert load_json(paths.evaluation)["agent"] == agent_digest(np.load(paths.controller),
+                                                                m_weights)
+    assert all((paths.videos / v).stat().st_mtime_ns > t for v, t in videos.items())
 
     with pytest.raises(UserError, match="made with --preset tiny"):
         pipeline(run, "small", data=data, progress=False)

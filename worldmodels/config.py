@@ -195,9 +195,9 @@ class IterateConfig:
     as in the first evolution, evolve.real_eval_every; never where it had none)."""
     choose: str = choice("check", CHOOSE_BY)
     """Which snapshot is the run's agent when the rounds are done: `check` (the best real
-    check; the last where none was checked) or `episodes` (the longest-lived over its
-    noiseless real episodes: those of the round after it; the last plays as many of its own,
-    the next round's, first)."""
+    check; the last where none was checked) or `episodes` (the best mean real return over its
+    noiseless episodes: those of the round after it; the last plays the next round's first).
+    Only without real checks."""
     restart: bool = True
     """Each iteration restarts CMA-ES around the run's agent with sigma0 (False: continue its
     state, whose mean may have drifted from the agent the real checks chose; README)."""

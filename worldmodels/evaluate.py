@@ -46,8 +46,8 @@ def episode_seeds(config: EvaluateConfig) -> list[int]:
 def holds_episodes(summary: dict | None, seeds: list[int], max_steps: int,
                    agent: str | None = None) -> bool:
     """Whether a saved summary (None: none saved) scored these episodes (older summaries
-    lack max_steps) and, given `agent` (`agent_digest`), of that C (older summaries, which do
-    not say, are not taken for it)."""
+    lack max_steps) and, given `agent` (`agent_digest`), of that agent (older summaries,
+    which do not say, are not taken for it)."""
     return (isinstance(summary, dict) and summary.get("seeds") == seeds
             and summary.get("max_steps", max_steps) == max_steps
             and (agent is None or summary.get("agent") == agent))
@@ -58,15 +58,21 @@ def summary_path(paths: RunPaths, policy: str) -> Path:
     return paths.evaluation if policy == "controller" else paths.root / "evaluation_random.json"
 
 
-def agent_digest(params: np.ndarray | None) -> str:
-    """Names the C a summary scored ("random": random play)."""
-    return "random" if params is None else hashlib.sha256(
-        np.ascontiguousarray(params, np.float32).tobytes()).hexdigest()[:16]
+def agent_digest(params: np.ndarray | None, mdnrnn_state: dict) -> str:
+    """Names the agent a summary scored: C and the weights of the M whose state C reads
+    ("random": random play)."""
+    if params is None:
+        return "random"
+    digest = hashlib.sha256(np.ascontiguousarray(params, np.float32).tobytes())
+    for name in sorted(mdnrnn_state):
+        digest.update(name.encode() + mdnrnn_state[name].cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
-def episodes_key(params: np.ndarray | None, max_steps: int) -> str:
-    """What a finished episode's return depends on besides its seed: C and the step limit."""
-    return f"{agent_digest(params)}/max_steps={max_steps}"
+def episodes_key(agent: str, max_steps: int) -> str:
+    """What a finished episode's return depends on besides its seed: the agent and the step
+    limit."""
+    return f"{agent}/max_steps={max_steps}"
 
 
 def load_finished(path: Path, key: str) -> dict[int, list]:
@@ -111,7 +117,8 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
                 f"steps) would replace them: give --out FILE")
     # Finished episodes survive an interrupt: their returns and steps are kept in a partial
     # file (rewritten atomically after each task), and a rerun plays only the rest.
-    partial, key = out.with_suffix(".partial.json"), episodes_key(params, config.max_steps)
+    agent = agent_digest(params, world.mdnrnn_state)
+    partial, key = out.with_suffix(".partial.json"), episodes_key(agent, config.max_steps)
     finished = {s: r for s, r in load_finished(partial, key).items() if s in seeds}
     todo = [s for s in seeds if s not in finished]
 
@@ -137,7 +144,7 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
     summary = summarize(np.array([finished[s][0] for s in seeds]),
                         np.array([finished[s][1] for s in seeds]), seeds, policy)
     summary["max_steps"], summary["seconds"] = config.max_steps, time.perf_counter() - start
-    summary["agent"] = agent_digest(params)
+    summary["agent"] = agent
     save_json(summary, out)
     partial.unlink(missing_ok=True)
     if video is not None:

@@ -83,7 +83,7 @@ FILES = ("mdnrnn.pt", "mdnrnn.json", "controller.npy")  # one snapshot of the ag
 class IterateState:
     completed: int = 0  # iterations finished
     evolving: bool = False  # the iteration in progress has started its evolution
-    agent: int = -1  # the snapshot put back as the run's agent when the rounds last ended
+    chosen: int = -1  # the snapshot made the run's agent when the rounds last ended (-1: none)
 
 
 def episode_plan(config: IterateConfig, iteration: int) -> list[tuple[int, float]]:
@@ -100,16 +100,19 @@ def agent_label(run_id: str, iteration: int, noise: float | None = None) -> str:
     return f"agent:{run}iteration={iteration}:" + ("" if noise is None else f"noise={noise:g}")
 
 
-def check_own(path: Path, run_id: str, iteration: int) -> None:
-    """Refuse an episode file under one of the iteration's seeds that this run did not make."""
-    label, own = str(read_npz(path, ["policy"])["policy"]), agent_label(run_id, iteration)
-    if not label.startswith(own):
+def check_own(path: Path, run_id: str, iteration: int, noise: float | None = None) -> None:
+    """Refuse an episode file under one of the iteration's seeds that this run did not make
+    (given `noise`: with that noise)."""
+    label = str(read_npz(path, ["policy"])["policy"])
+    own = agent_label(run_id, iteration, noise)
+    if not (label.startswith(own) if noise is None else label == own):
         raise UserError(f"{path}: this episode was made by {label!r}, not by this run's "
                         f"iteration {iteration} ({own}...); give the run a data directory of "
                         f"its own with --data")
 
 
 def episode_return(path: Path) -> float:
+    """An episode's real return (on Take Cover: the tics it lived)."""
     return float(read_npz(path, ["reward"])["reward"].sum())
 
 
@@ -196,6 +199,10 @@ def collect_agent(run: Path, data: Path, config: IterateConfig, iteration: int,
     return files
 
 
+def _epoch(checkpoint: Path) -> int:
+    return int(load_payload(checkpoint).get("epoch", 0))
+
+
 def _steps(path: Path) -> int:
     return len(read_npz(path, ["reward"])["reward"])
 
@@ -214,7 +221,7 @@ def snapshot_progress(paths: RunPaths, iteration: int, evolve: EvolveConfig,
                       config: IterateConfig) -> tuple[int, int]:
     """M's epochs and CMA-ES's generations at snapshot `iteration`: where the next iteration
     begins."""
-    return (int(load_payload(paths.snapshot(iteration) / "mdnrnn.pt").get("epoch", 0)),
+    return (_epoch(paths.snapshot(iteration) / "mdnrnn.pt"),
             snapshot_generation(paths, iteration, evolve, config))
 
 
@@ -233,45 +240,53 @@ def noiseless_plan(config: IterateConfig, iteration: int) -> list[tuple[int, flo
     return [(seed, noise) for seed, noise in episode_plan(config, iteration) if noise == 0]
 
 
-def episode_scores(data: Path, config: IterateConfig, last: int) -> dict[int, float]:
+def episode_scores(data: Path, config: IterateConfig, run_id: str,
+                   last: int) -> dict[int, float]:
     """Mean real return of each snapshot's noiseless episodes (those of the round after it)
-    that `data` holds in full."""
+    that `data` holds in full; each must be this run's, played without noise."""
     scores = {}
     for it in range(last + 1):
         files = [episode_path(data, seed) for seed, _ in noiseless_plan(config, it + 1)]
         if files and all(f.exists() for f in files):
+            for f in files:
+                check_own(f, run_id, it + 1, noise=0.0)
             scores[it] = float(np.mean([episode_return(f) for f in files]))
     return scores
 
 
-def check_choice(config: IterateConfig, evolve_real_eval_every: int) -> None:
+def check_choice(config: IterateConfig, evolve_real_eval_every: int,
+                 checked: bool = False) -> None:
     """Refuse `choose` episodes (before any round) without noiseless episodes to choose by,
-    or with real checks: a round then plays the best-checked C, not the last snapshot's, so
-    its episodes would not score the snapshot before it."""
+    or with real checks (now, or `checked` in earlier rounds): a round then plays the
+    best-checked C, not the last snapshot's, so its episodes would not score the snapshot
+    before it."""
     if config.choose != "episodes":
         return
     if not noiseless_plan(config, 1):
         raise UserError(f"iterate.choose episodes needs noiseless episodes: iterate."
                         f"noisy_fraction {config.noisy_fraction:g} leaves none of "
                         f"{config.episodes}")
-    if config.real_eval_every or evolve_real_eval_every:
+    if config.real_eval_every or evolve_real_eval_every or checked:
         raise UserError("iterate.choose episodes is for C evolved only in the dream; with real "
                         "checks (evolve.real_eval_every or iterate.real_eval_every above 0) "
                         "choose check")
 
 
 def choose_by_episodes(paths: RunPaths, data: Path, config: IterateConfig, last: int,
-                       address: str | None, progress: bool, device: str) -> tuple[int, float]:
-    """(iteration, score) of the snapshot whose noiseless episodes lived longest (the later
-    of a tie). The last snapshot first plays its own: the next round's noiseless episodes,
-    so a run continued later collects only the rest of that round."""
+                       address: str | None, progress: bool, device: str) -> tuple[int, str]:
+    """(iteration, why) of the snapshot whose noiseless episodes had the best mean return
+    (the later of a tie). The last snapshot first plays its own: the next round's noiseless
+    episodes, so a run continued later collects only the rest of that round."""
     final = noiseless_plan(config, last + 1)
     if not all(episode_path(data, seed).exists() for seed, _ in final):
-        put_back(paths, last, FILES)  # they are the last agent's, wherever RUN was left
+        put_back(paths, last, FILES)  # the last agent plays them, wherever RUN was left
         collect_agent(paths.root, data, config, last + 1, address, progress, device, final)
-    scores = episode_scores(data, config, last)
+    scores = episode_scores(data, config, load_run_config(paths).run_id, last)
+    unscored = [it for it in range(last + 1) if it not in scores]
+    if unscored and progress:  # their episodes are not all in `data` (another --data?)
+        print(f"iterate: snapshots {unscored} have no noiseless episodes in {data}; not chosen")
     best = max(scores, key=lambda it: (scores[it], it))
-    return best, scores[best]
+    return best, f"its noiseless real episodes: {scores[best]:.1f}"
 
 
 def put_back(paths: RunPaths, iteration: int, names: tuple[str, ...]) -> None:
@@ -285,16 +300,17 @@ def put_back(paths: RunPaths, iteration: int, names: tuple[str, ...]) -> None:
 
 def iterate(run: Path, config: IterateConfig, data: Path | None = None,
             address: str | None = None, progress: bool = True,
-            device: str = "cpu") -> list[dict]:
+            device: str = "cpu", choose_again: bool = False) -> list[dict]:
     """Run (or continue) `config.iterations` iterations, writing the agent's episodes into
-    `data` (default: the directory V was trained on); returns the iterate.csv rows."""
+    `data` (default: the directory V was trained on); returns the iterate.csv rows. A call
+    that runs no new iteration keeps the agent chosen when they ended, unless
+    `choose_again` (iterate --choose)."""
     check_fields(config, "config.json or a flag", "iterate")
     paths = RunPaths(Path(run))
     paths.writable()
     for path, made_by in ((paths.vae, "train-vae"), (paths.mdnrnn, "train-mdnrnn"),
                           (paths.es_state, "evolve"), (paths.controller, "evolve")):
         paths.require(path, made_by)
-    check_choice(config, evolved_config(paths).real_eval_every)
     run_config = load_run_config(paths)
     data = Path(data) if data is not None else default_data(paths.root)
     state_path = paths.root / "iterate.json"
@@ -302,12 +318,9 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
         else IterateState()
     if not (paths.snapshot(0) / "agent.json").exists():
         snapshot(paths, 0, load_state(paths.es_state).agent_real_check)
-    if state.completed < config.iterations and state.agent not in (-1, state.completed):
-        # RUN holds an earlier snapshot's agent, chosen when the rounds last ended: M goes on
-        # from the latest (C's base is chosen below).
-        put_back(paths, state.completed, FILES)
-        state.agent = -1
-        save_json(asdict(state), state_path)
+    check_choice(config, evolved_config(paths).real_eval_every,
+                 checked=best_snapshot(paths)[1] is not None)
+    completed_before = state.completed
     # A kill between an iteration's row and iterate.json redoes nothing but drops the row.
     logger = RunLogger(paths.logs, "iterate", keep_through=state.completed)
     try:
@@ -315,6 +328,10 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
             t0 = time.perf_counter()
             if not state.evolving:  # until the iteration's evolution starts, RUN's C is the best
                 put_back(paths, best_snapshot(paths)[0], ("controller.npy",))
+                # and M the latest, or further on in this round's epochs (not the older M of
+                # an agent chosen when the rounds last ended).
+                if _epoch(paths.mdnrnn) < _epoch(paths.snapshot(it - 1) / "mdnrnn.pt"):
+                    put_back(paths, it - 1, ("mdnrnn.pt", "mdnrnn.json"))
             files = collect_agent(paths.root, data, config, it, address, progress, device)
             unencoded = [f for f in files if not (paths.latents / f.name).exists()]
             if unencoded:
@@ -355,17 +372,18 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
             save_json(asdict(state), state_path)
     finally:
         logger.close()
-    if config.choose == "episodes":
-        best, score = choose_by_episodes(paths, data, config, state.completed, address,
-                                         progress, device)
-        why = f"its noiseless real episodes: {score:.1f}"
+    if state.completed == completed_before and state.chosen != -1 and not choose_again:
+        best, why = state.chosen, "chosen when the rounds ended"  # say, by iterate --choose
+    elif config.choose == "episodes":
+        best, why = choose_by_episodes(paths, data, config, state.completed, address,
+                                       progress, device)
     else:
         best, real = best_snapshot(paths)
         why = "no real checks: the last" if real is None else f"real check {real:.1f}"
-    put_back(paths, best, FILES)  # the run's agent
-    if state.agent != best:
-        state.agent = best
+    if state.chosen != best:  # recorded first: a kill mid-put-back is mended by a rerun
+        state.chosen = best
         save_json(asdict(state), state_path)
+    put_back(paths, best, FILES)  # the run's agent
     if progress:
         print(f"iterate: the agent of iteration {best} ({why}) is the run's agent")
     return read_csv(paths.logs / "iterate.csv") if (paths.logs / "iterate.csv").exists() else []
@@ -380,7 +398,7 @@ def cli_iterate(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     rows = iterate(args.run, config, args.data, address=args.address,
-                   device=str(resolve_device(args.device)))
+                   device=str(resolve_device(args.device)), choose_again=args.choose is not None)
     for row in rows:
         real = "none" if np.isnan(row["real_check"]) else f"{row['real_check']:.1f}"
         print(f"iteration {int(row['step'])}: {int(row['episodes'])} episodes, the agent it "

@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from worldmodels.agent import WorldModel, load_controller
+from worldmodels.checkpoint import load_payload
 from worldmodels.config import (
     PipelineConfig,
     load_json,
@@ -97,8 +98,8 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     paths = RunPaths(Path(run))
     paths.writable()
     config = run_config(paths, preset_name, seed, settings)
-    # Now, not when the rounds end hours later.
-    check_choice(config.iterate, config.evolve.real_eval_every)
+    if config.iterate.iterations:  # now, not when the rounds end hours later
+        check_choice(config.iterate, evolved_config(paths).real_eval_every)
     data = Path(data) if data is not None else paths.root / "data"
     if workers is not None:  # for this invocation only; the saved config keeps the preset's
         config.collect.workers = config.evolve.workers = config.evaluate.workers = workers
@@ -149,7 +150,8 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
             out = summary_path(paths, policy)
             held = load_json(out) if out.exists() else None
             # The run's agent may have changed since (iterate chose another snapshot).
-            agent = agent_digest(load_controller(paths)) if policy == "controller" else None
+            agent = (agent_digest(load_controller(paths), load_payload(paths.mdnrnn)["model"])
+                     if policy == "controller" else None)
             if holds_episodes(held, episode_seeds(eval_config), eval_config.max_steps, agent):
                 _say(progress, f"evaluate ({policy}): done already")
                 results[policy] = held
