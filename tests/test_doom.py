@@ -185,15 +185,24 @@ def test_doom_tiny_pipeline_end_to_end_on_the_real_vizdoom(tmp_path, ray_session
     assert saved["env"] == "doom-takecover" and saved["mdnrnn"]["action_size"] == 1
     assert saved["vae"]["z_size"] == saved["mdnrnn"]["z_size"] == 64
     episodes = sorted(data.glob("episode_*.npz"))
-    assert len(episodes) == tiny.collect.episodes + tiny.iterate.episodes
+    # The round's episodes, then the last agent's noiseless one (the next round's) that
+    # scores it for the choice of the run's agent.
+    assert len(episodes) == tiny.collect.episodes + tiny.iterate.episodes + 1
     assert read_episode(episodes[0]).action.shape[1] == 1
     # An iteration in the dream alone: the agent's episodes teach M, no real check chooses C.
     played = [read_episode(e) for e in episodes[tiny.collect.episodes:]]
-    assert all(e.policy.startswith(f"agent:run={saved['run_id']}:iteration=1")
-               and e.action.shape[1] == 1 for e in played)
+    own = f"agent:run={saved['run_id']}:iteration="
+    assert [e.policy for e in played[-1:]] == [f"{own}2:noise=0"]
+    assert all(e.policy.startswith(f"{own}1") for e in played[:-1])
+    assert all(e.action.shape[1] == 1 for e in played)
     assert json.loads((run / "iterations" / "01" / "agent.json").read_text())["real_check"] \
         is None
-    assert (run / "iterations" / "01" / "controller.npy").read_bytes() == \
+    # Each snapshot scored by its noiseless episode (the round after it); the longer-lived
+    # (the later of a tie) is the run's agent.
+    lived = [e.reward.sum() for e in played if e.policy.endswith("noise=0")]
+    chosen = 1 if lived[1] >= lived[0] else 0
+    assert json.loads((run / "iterate.json").read_text())["chosen"] == chosen
+    assert (run / "iterations" / f"{chosen:02d}" / "controller.npy").read_bytes() == \
         paths.controller.read_bytes()
     world = WorldModel.from_run(run)
     assert world.env == "doom-takecover" and world.param_count == 64 + 64 + 1
