@@ -111,15 +111,10 @@ def check_own(path: Path, run_id: str, iteration: int, noise: float | None = Non
                         f"its own with --data")
 
 
-def episode_return(path: Path) -> float:
-    """An episode's real return (on Take Cover: the tics it lived)."""
-    return float(read_npz(path, ["reward"])["reward"].sum())
-
-
 def round_returns(files: list[Path], plan: list[tuple[int, float]]) -> tuple[float, float]:
     """Mean real return of a round's noiseless episodes (the agent the round began with, as
     it plays) and of its exploring ones; NaN where a round has none of a kind."""
-    returns = np.array([episode_return(f) for f in files])
+    returns = np.array([read_npz(f, ["reward"])["reward"].sum() for f in files])
     noiseless = np.array([noise == 0 for _, noise in plan])
     return tuple(float(returns[mask].mean()) if mask.any() else float("nan")
                  for mask in (noiseless, ~noiseless))
@@ -246,11 +241,12 @@ def episode_scores(data: Path, config: IterateConfig, run_id: str,
     that `data` holds in full; each must be this run's, played without noise."""
     scores = {}
     for it in range(last + 1):
-        files = [episode_path(data, seed) for seed, _ in noiseless_plan(config, it + 1)]
+        plan = noiseless_plan(config, it + 1)
+        files = [episode_path(data, seed) for seed, _ in plan]
         if files and all(f.exists() for f in files):
             for f in files:
                 check_own(f, run_id, it + 1, noise=0.0)
-            scores[it] = float(np.mean([episode_return(f) for f in files]))
+            scores[it] = round_returns(files, plan)[0]
     return scores
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from worldmodels.agent import WorldModel, load_controller
-from worldmodels.checkpoint import load_payload
 from worldmodels.config import (
     PipelineConfig,
     load_json,
@@ -127,8 +126,9 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
     train_mdnrnn(paths.root, config.mdnrnn, resume=True, progress=progress, device=device)
 
     # One set of workers (each holding V and M) for evolution and both evaluations.
-    evaluator = make_evaluator(WorldModel.from_run(paths.root), config.evolve.workers, address,
-                               device, config.evaluate.envs_per_worker)
+    world = WorldModel.from_run(paths.root)
+    evaluator = make_evaluator(world, config.evolve.workers, address, device,
+                               config.evaluate.envs_per_worker)
     results = {}
     try:
         _say(progress, f"evolve {config.evolve.generations} generations in the "
@@ -142,15 +142,16 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
             _say(progress, f"iterate {config.iterate.iterations} times")
             iterate(paths.root, config.iterate, data, address=address, progress=progress,
                     device=device)
-            evaluator = make_evaluator(WorldModel.from_run(paths.root), config.evaluate.workers,
-                                       address, device, config.evaluate.envs_per_worker)
+            world = WorldModel.from_run(paths.root)
+            evaluator = make_evaluator(world, config.evaluate.workers, address, device,
+                                       config.evaluate.envs_per_worker)
         random_eval = dataclasses.replace(
             config.evaluate, episodes=config.evaluate.random_episodes or config.evaluate.episodes)
         for policy, eval_config in (("controller", config.evaluate), ("random", random_eval)):
             out = summary_path(paths, policy)
             held = load_json(out) if out.exists() else None
             # The run's agent may have changed since (iterate chose another snapshot).
-            agent = (agent_digest(load_controller(paths), load_payload(paths.mdnrnn)["model"])
+            agent = (agent_digest(world.load_controller(paths), world.mdnrnn_state)
                      if policy == "controller" else None)
             if holds_episodes(held, episode_seeds(eval_config), eval_config.max_steps, agent):
                 _say(progress, f"evaluate ({policy}): done already")
