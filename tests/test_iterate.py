@@ -28,7 +28,13 @@ from worldmodels.data.rollouts import encode_episode, episode_path, read_episode
 from worldmodels.errors import UserError
 from worldmodels.evolve.cmaes import evolve, load_es, load_state
 from worldmodels.evolve.cmaes import restart as restart_es
-from worldmodels.iterate import AGENT_SEED, episode_plan, iterate, round_returns
+from worldmodels.iterate import (
+    AGENT_SEED,
+    episode_plan,
+    iterate,
+    noiseless_plan,
+    round_returns,
+)
 from worldmodels.logger import read_csv
 from worldmodels.plot import iteration_starts
 from worldmodels.run import RunPaths
@@ -180,13 +186,18 @@ def test_killed_in_m_resumes_to_the_last_snapshot_plus_its_epochs(base_run, tmp_
     assert _epochs_and_generations(paths) == (3 + 2, 2 + 1 + 1)
 
 
-@pytest.mark.parametrize("base, kill_after", [
-    ("base_run", "collect_one"), ("base_run", "train_mdnrnn"), ("base_run", "evolve"),
-    ("dream_only_run", "evolve")])
-def test_killed_and_rerun_equals_uninterrupted(request, tmp_path, monkeypatch, base, kill_after):
+RATCHET = dataclasses.replace(CONFIG.iterate, choose="episodes", ratchet=True)
+
+
+@pytest.mark.parametrize("base, kill_after, config", [
+    ("base_run", "collect_one", CONFIG.iterate), ("base_run", "train_mdnrnn", CONFIG.iterate),
+    ("base_run", "evolve", CONFIG.iterate), ("dream_only_run", "evolve", CONFIG.iterate),
+    ("dream_only_run", "collect_one", RATCHET)])  # between the noiseless and exploring episodes
+def test_killed_and_rerun_equals_uninterrupted(request, tmp_path, monkeypatch, base, kill_after,
+                                               config):
     base_run = request.getfixturevalue(base)
     straight, straight_data = _copy(base_run, tmp_path / "a")
-    iterate(straight, CONFIG.iterate, straight_data, progress=False)
+    iterate(straight, config, straight_data, progress=False)
 
     run, data = _copy(base_run, tmp_path / "b")
     real = {name: getattr(iterate_module, name) for name in ("train_mdnrnn", "evolve")}
@@ -210,9 +221,9 @@ def test_killed_and_rerun_equals_uninterrupted(request, tmp_path, monkeypatch, b
             raise KeyboardInterrupt
         monkeypatch.setattr(iterate_module, kill_after, run_then_kill)
     with pytest.raises(KeyboardInterrupt):
-        iterate(run, CONFIG.iterate, data, progress=False)
+        iterate(run, config, data, progress=False)
     monkeypatch.undo()
-    iterate(run, CONFIG.iterate, data, progress=False)
+    iterate(run, config, data, progress=False)
 
     a, b = RunPaths(straight), RunPaths(run)
     for name in ("controller.npy", "iterations/01/controller.npy"):
@@ -419,6 +430,29 @@ def test_choose_by_episodes_keeps_the_longest_lived_snapshot(dream_only_run, tmp
         paths.controller.read_bytes()  # choose check, no real checks: the last
 
 
+def test_ratchet_starts_each_round_from_the_longest_lived_snapshot(dream_only_run, tmp_path,
+                                                                   monkeypatch):
+    run, data = _copy(dream_only_run, tmp_path)
+    paths = RunPaths(run)
+    iterate(run, RATCHET, data, progress=False)
+    (zeroth, _), = noiseless_plan(RATCHET, 1)
+    (first, _), = noiseless_plan(RATCHET, 2)  # played by the choice above; played again below
+    _live_longest(episode_path(data, zeroth))  # the agent round 1 began with lived longest
+    episode_path(data, first).unlink()
+    played, means = _record_agents(monkeypatch, paths)
+    iterate(run, dataclasses.replace(RATCHET, iterations=2), data, progress=False)
+    snaps = [np.load(run / "iterations" / f"{it:02d}" / "controller.npy") for it in (0, 1, 2)]
+    np.testing.assert_array_equal(played[0], snaps[1])  # the last agent's noiseless episode,
+    np.testing.assert_array_equal(played[1], snaps[0])  # then exploring around the longest-lived,
+    np.testing.assert_allclose(means[0], snaps[0], rtol=1e-6)  # and CMA-ES restarted there
+    assert [read_episode(episode_path(data, seed)).policy
+            for seed, _ in episode_plan(RATCHET, 2)] == \
+        ["agent:iteration=2:noise=0.1", "agent:iteration=2:noise=0"]
+    np.testing.assert_array_equal(played[2], snaps[2])  # the last plays for the final choice
+    assert json.loads((run / "iterate.json").read_text())["chosen"] == 0
+    np.testing.assert_array_equal(np.load(paths.controller), snaps[0])
+
+
 def test_choose_by_episodes_needs_noiseless_episodes_and_no_real_checks(
         dream_only_run, base_run, tmp_path, capsys):
     run, data = _copy(dream_only_run, tmp_path / "a")
@@ -433,5 +467,9 @@ def test_choose_by_episodes_needs_noiseless_episodes_and_no_real_checks(
     assert capsys.readouterr().err.strip().endswith("with real checks (evolve.real_eval_every "
                                                     "or iterate.real_eval_every above 0) "
                                                     "choose check")
+    assert main(["iterate", "--run", str(run), "--data", str(data), "--ratchet"]) == 2
+    assert capsys.readouterr().err.strip().endswith("iterate.ratchet needs iterate.choose "
+                                                    "episodes: the rounds' noiseless episodes "
+                                                    "choose where each round starts")
     for root in (data, checked_data):  # refused before any round
         assert sorted(f.name for f in root.iterdir()) == before

@@ -282,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--choose", choices=CHOOSE_BY, default=None,
                    help="which snapshot is the run's agent at the end: the best real check "
                         "(the last without checks) or the best over its noiseless episodes")
+    p.add_argument("--ratchet", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --choose episodes: start each round from the best snapshot by "
+                        "noiseless episodes so far, not the last (default: the run's "
+                        "iterate.ratchet)")
     p.add_argument("--restart", action=argparse.BooleanOptionalAction, default=None,
                    help="start each iteration's CMA-ES afresh around the agent (default: the "
                         "run's iterate.restart)")

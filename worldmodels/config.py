@@ -198,6 +198,10 @@ class IterateConfig:
     check; the last where none was checked) or `episodes` (the best mean real return over its
     noiseless episodes: those of the round after it; the last plays the next round's first).
     Only without real checks."""
+    ratchet: bool = False
+    """With `choose` episodes: each round starts from the snapshot its noiseless episodes
+    rank best so far (the last one's played first), not the last; its exploring episodes and
+    restarted CMA-ES go around that C, in the latest M's dream."""
     restart: bool = True
     """Each iteration restarts CMA-ES around the run's agent with sigma0 (False: continue its
     state, whose mean may have drifted from the agent the real checks chose; README)."""

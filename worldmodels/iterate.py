@@ -7,7 +7,8 @@ One iteration i (1-based) starts from the best agent so far: the C of the snapsh
 best real check (below) is put back in RUN, so an iteration that scored worse than an
 earlier one is not built on; M stays the latest, trained on all the data. Without real
 checks (evolve.real_eval_every 0: C learns only in the dream, as for Take Cover) the best
-agent is the latest one.
+agent is the latest one, or with `ratchet` the best by the noiseless episodes (below) so far:
+the latest plays the round's noiseless episodes first, and the rest go around the winner.
 1. collect: `episodes` real episodes with the run's agent (V + M + C), the first
    `noisy_fraction` of them with Gaussian noise of std `noise` on C's parameters (drawn per
    episode from its seed), as episode files next to the first rollouts (V's data directory),
@@ -256,6 +257,9 @@ def check_choice(config: IterateConfig, evolve_real_eval_every: int,
     or with real checks (now, or `checked` in earlier rounds): a round then plays the
     best-checked C, not the last snapshot's, so its episodes would not score the snapshot
     before it."""
+    if config.ratchet and config.choose != "episodes":
+        raise UserError("iterate.ratchet needs iterate.choose episodes: the rounds' noiseless "
+                        "episodes choose where each round starts")
     if config.choose != "episodes":
         return
     if not noiseless_plan(config, 1):
@@ -328,6 +332,12 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
                 # an agent chosen when the rounds last ended).
                 if _epoch(paths.mdnrnn) < _epoch(paths.snapshot(it - 1) / "mdnrnn.pt"):
                     put_back(paths, it - 1, ("mdnrnn.pt", "mdnrnn.json"))
+                if config.ratchet:  # the last agent plays the round's noiseless episodes first
+                    base, why = choose_by_episodes(paths, data, config, it - 1, address,
+                                                   progress, device)
+                    put_back(paths, base, ("controller.npy",))
+                    if progress:
+                        print(f"iterate {it}: starts from the agent of iteration {base} ({why})")
             files = collect_agent(paths.root, data, config, it, address, progress, device)
             unencoded = [f for f in files if not (paths.latents / f.name).exists()]
             if unencoded:
@@ -389,8 +399,8 @@ def cli_iterate(args: argparse.Namespace) -> int:
     paths = RunPaths(args.run)
     paths.require(paths.es_state, "evolve")
     config = load_run_config(paths).iterate
-    for name in ("iterations", "episodes", "noise", "choose", "restart", "real_eval_every",
-                 "workers"):
+    for name in ("iterations", "episodes", "noise", "choose", "ratchet", "restart",
+                 "real_eval_every", "workers"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     rows = iterate(args.run, config, args.data, address=args.address,
