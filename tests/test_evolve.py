@@ -112,6 +112,32 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
                 == [r[name] for r in read_csv(RunPaths(broken).logs / "evolve.csv")])
 
 
+def test_candidates_that_all_act_alike_grow_sigma_up_to_its_cap(tmp_path):
+    # C restarted around saturated outputs (biases far beyond tanh's range): no step of sigma
+    # changes an action, every candidate dreams the same return, and sigma doubles.
+    run = make_run(tmp_path, gas_reward=True)
+    paths = RunPaths(run)
+    config = _config(generations=1, sigma0=0.05)
+    evolve(run, config, progress=False)
+    state = load_state(paths.es_state)
+    x0 = np.zeros(param_count(32, 16))
+    x0[-3:] = [100.0, 100.0, -100.0]  # full left, full gas, no brake
+    cmaes.restart(state, x0)
+    cmaes.save_state(paths.es_state, state)
+    evolve(run, _config(generations=7, sigma0=0.05), resume=True, progress=False)
+    rows = read_csv(paths.logs / "evolve.csv")[1:]
+    assert all(r["best"] == r["worst"] for r in rows)
+    sigmas = [r["sigma"] for r in rows]
+    cap = cmaes.FLAT_CAP * 0.05
+    assert 1.8 * 0.05 < sigmas[0] < 0.05 * cmaes.FLAT_GROWTH
+    assert all(1.8 * a < b for a, b in zip(sigmas, sigmas[1:4], strict=False))
+    assert sigmas[-2:] == [cap, cap]
+    # A generation whose candidates differ leaves sigma to CMA-ES.
+    assert cmaes.acts_alike(np.array([200.0, 200.0 + 1e-3]))
+    assert not cmaes.acts_alike(np.array([200.0, 201.0]))
+    assert not cmaes.acts_alike(np.array([0.0, 1e-3]))
+
+
 def test_each_candidate_is_sent_once_with_its_row_of_seeds(tmp_path):
     world = WorldModel.from_run(make_run(tmp_path, gas_reward=True))
     evaluator = SerialEvaluator(world)

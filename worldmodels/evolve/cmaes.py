@@ -53,6 +53,12 @@ from worldmodels.progress import progress_bar
 from worldmodels.run import RunPaths, load_run_config
 
 REAL_EVAL_SEED = 2_000_000  # the periodic real-env check uses the same episodes every time
+# A generation whose candidates all score alike (within this fraction of the best |fitness|,
+# at least 1) acts alike: C's outputs saturate (tanh near +-1), so sigma's steps change no
+# action and nothing can be learned (a Take Cover run whose C always went right stayed so for
+# six rounds). sigma grows by FLAT_GROWTH for the next generation, up to FLAT_CAP x sigma0,
+# until the candidates differ; older pycma did so for exactly equal fitness.
+FLAT_SPREAD, FLAT_GROWTH, FLAT_CAP = 1e-4, 2.0, 16.0
 
 
 @dataclass
@@ -84,6 +90,11 @@ def rollout_seeds(seed: int, generation: int, popsize: int, rollouts: int) -> np
     row = [np.random.SeedSequence([seed, generation, r]).generate_state(1)[0]
            for r in range(rollouts)]
     return np.tile(np.array(row, np.int64), (popsize, 1))
+
+
+def acts_alike(fitness: np.ndarray) -> bool:
+    """Whether a generation's candidates all scored alike (FLAT_SPREAD)."""
+    return float(np.ptp(fitness)) <= FLAT_SPREAD * max(1.0, float(np.abs(fitness).max()))
 
 
 def real_check_due(config: EvolveConfig, generation: int) -> bool:
@@ -210,6 +221,8 @@ def evolve(run: Path, config: EvolveConfig, resume: bool = False, address: str |
             fitness = evaluator.run(config.where, candidates, seeds, config.tau,
                                     config.max_steps, done=config.done).returns.mean(1)
             es.tell(solutions, (-fitness).tolist())
+            if acts_alike(fitness):
+                es.sigma = min(es.sigma * FLAT_GROWTH, FLAT_CAP * config.sigma0)
             best = int(fitness.argmax())
             if fitness[best] > state.best_fitness:
                 state.best_fitness, state.best_params = float(fitness[best]), candidates[best]
