@@ -121,7 +121,7 @@ def test_candidates_that_all_act_alike_grow_sigma_up_to_its_cap(tmp_path):
     evolve(run, config, progress=False)
     state = load_state(paths.es_state)
     x0 = np.zeros(param_count(32, 16))
-    x0[-3:] = [100.0, 100.0, -100.0]  # full left, full gas, no brake
+    x0[-3:] = [100.0, 100.0, -100.0]  # full right, full gas, no brake
     cmaes.restart(state, x0)
     cmaes.save_state(paths.es_state, state)
     evolve(run, _config(generations=7, sigma0=0.05), resume=True, progress=False)
