@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from fake_run import make_run
+from fake_run import make_mdnrnn, make_run
 
 from worldmodels import atomic, checkpoint
 from worldmodels.agent import WorldModel
@@ -87,6 +88,40 @@ def test_the_run_s_evaluation_is_not_replaced_by_other_episodes(tmp_path, capsys
     assert main([*play, "--episodes", "2"]) == 2
     assert capsys.readouterr().err.strip().endswith(
         "evaluation.json: not an evaluation summary; move it away or give --out FILE")
+
+
+def test_a_snapshot_is_scored_as_the_run_would_be_holding_its_m_and_c(tmp_path, capsys):
+    run = _run_with_controller(tmp_path / "a")
+    paths = RunPaths(run)
+    snap = paths.snapshot(3)
+    snap.mkdir(parents=True)
+    params = np.random.default_rng(1).normal(0, 0.5, param_count(32, 16)).astype(np.float32)
+    params[-2] = 2.0
+    np.save(snap / "controller.npy", params)
+    m = make_mdnrnn(seed=7)
+    checkpoint.save(snap / "mdnrnn.pt", m, m.config, {"kind": "mdnrnn", "epoch": 1})
+    play = ["evaluate", "--run", str(run), "--workers", "0", "--max-steps", "30",
+            "--episodes", "2"]
+    assert main([*play, "--iteration", "3"]) == 0
+    assert capsys.readouterr().out.strip().endswith(str(snap / "evaluation.json"))
+    scored = json.loads((snap / "evaluation.json").read_text())
+    assert not paths.evaluation.exists()  # the run's own record is not touched
+    holding = shutil.copytree(run, tmp_path / "b")  # the run with the snapshot's M and C
+    for name in ("controller.npy", "mdnrnn.pt"):
+        shutil.copy(snap / name, holding / name)
+    assert main([*play[:2], str(holding), *play[3:]]) == 0
+    held = json.loads(RunPaths(holding).evaluation.read_text())
+    assert held["returns"] == scored["returns"] and held["agent"] == scored["agent"]
+    assert main(play) == 0
+    assert json.loads(paths.evaluation.read_text())["agent"] != scored["agent"]
+    for bad, says in ((["--iteration", "4"], "iterations/04/mdnrnn.pt: missing; run "
+                                             "`worldmodels iterate` first"),
+                      (["--iteration", "3", "--policy", "random"],
+                       "--iteration 3 names an agent; the random policy has none")):
+        capsys.readouterr()
+        assert main([*play, *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(says) and len(err.splitlines()) == 1
 
 
 def test_missing_controller_is_a_one_line_error(tmp_path, capsys):

@@ -17,6 +17,7 @@ import worldmodels.iterate as iterate_module
 from worldmodels.atomic import write_bytes
 from worldmodels.cli import main
 from worldmodels.config import (
+    EvaluateConfig,
     EvolveConfig,
     IterateConfig,
     MDNRNNConfig,
@@ -26,7 +27,8 @@ from worldmodels.config import (
 )
 from worldmodels.data.rollouts import encode_episode, episode_path, read_episode, validate_dir
 from worldmodels.errors import UserError
-from worldmodels.evolve.cmaes import evolve, load_es, load_state
+from worldmodels.evaluate import evaluate
+from worldmodels.evolve.cmaes import REAL_EVAL_SEED, evolve, load_es, load_state
 from worldmodels.evolve.cmaes import restart as restart_es
 from worldmodels.iterate import (
     AGENT_SEED,
@@ -192,7 +194,9 @@ RATCHET = dataclasses.replace(CONFIG.iterate, choose="episodes", ratchet=True)
 @pytest.mark.parametrize("base, kill_after, config", [
     ("base_run", "collect_one", CONFIG.iterate), ("base_run", "train_mdnrnn", CONFIG.iterate),
     ("base_run", "evolve", CONFIG.iterate), ("dream_only_run", "evolve", CONFIG.iterate),
-    ("dream_only_run", "collect_one", RATCHET)])  # between the noiseless and exploring episodes
+    # between the noiseless and exploring episodes; the final choice replays two finalists
+    ("dream_only_run", "collect_one", dataclasses.replace(RATCHET, finalists=2,
+                                                          finalist_episodes=2))])
 def test_killed_and_rerun_equals_uninterrupted(request, tmp_path, monkeypatch, base, kill_after,
                                                config):
     base_run = request.getfixturevalue(base)
@@ -428,6 +432,48 @@ def test_choose_by_episodes_keeps_the_longest_lived_snapshot(dream_only_run, tmp
         ["agent:iteration=3:noise=0.1"]
     assert (run / "iterations" / "03" / "controller.npy").read_bytes() == \
         paths.controller.read_bytes()  # choose check, no real checks: the last
+
+
+def test_finalists_replay_on_the_same_seeds_and_the_best_replay_is_chosen(
+        dream_only_run, tmp_path, capsys):
+    run, data = _copy(dream_only_run, tmp_path)
+    paths = RunPaths(run)
+    config = dataclasses.replace(CONFIG.iterate, iterations=2, choose="episodes", finalists=2,
+                                 finalist_episodes=2)
+    iterate(run, config, data, progress=False)
+    snaps = [run / "iterations" / f"{it:02d}" for it in (0, 1, 2)]
+    returns = {it: float(read_episode(episode_path(data, noiseless_plan(config, it + 1)[0][0]))
+                         .reward.sum()) for it in (0, 1, 2)}
+    ranked = sorted(returns, key=lambda it: (returns[it], it))
+    finalists = sorted(ranked[1:])
+    assert not (snaps[ranked[0]] / "finalist.json").exists()  # not a finalist: not replayed
+    replays = {it: json.loads((snaps[it] / "finalist.json").read_text()) for it in finalists}
+    for replay in replays.values():
+        assert replay["seeds"] == [REAL_EVAL_SEED, REAL_EVAL_SEED + 1]
+        assert replay["max_steps"] == config.max_steps
+    again = evaluate(run, EvaluateConfig(episodes=2, seed=REAL_EVAL_SEED, max_steps=25,
+                                         workers=0), out=tmp_path / "again.json",
+                     iteration=finalists[0], progress=False)
+    assert again["returns"] == replays[finalists[0]]["returns"]  # the snapshot's own agent
+    best = max(finalists, key=lambda it: (replays[it]["mean"], it))
+    assert json.loads((run / "iterate.json").read_text())["chosen"] == best
+    assert paths.controller.read_bytes() == (snaps[best] / "controller.npy").read_bytes()
+
+    # The other finalist's kept replay made the best: chosen by it, nothing played again.
+    other, = set(finalists) - {best}
+    replays[other]["mean"] = 1e9
+    save_json(replays[other], snaps[other] / "finalist.json")
+    files = sorted(data.iterdir())
+    choose = ["iterate", "--run", str(run), "--data", str(data), "--iterations", "2",
+              "--choose", "episodes", "--finalist-episodes", "2", "--finalists"]
+    capsys.readouterr()
+    assert main([*choose, "2"]) == 0
+    assert f"the agent of iteration {other} (the best of finalists {finalists} over 2 more " \
+        f"noiseless episodes: 1000000000.0; its round's " in capsys.readouterr().out
+    assert json.loads((run / "iterate.json").read_text())["chosen"] == other
+    assert sorted(data.iterdir()) == files
+    assert main([*choose, "0"]) == 0  # by the round's episodes alone
+    assert json.loads((run / "iterate.json").read_text())["chosen"] == ranked[-1]
 
 
 def test_ratchet_starts_each_round_from_the_longest_lived_snapshot(dream_only_run, tmp_path,

@@ -78,13 +78,15 @@ def load_starts(paths: RunPaths) -> tuple[Tensor, Tensor]:
                         "re-run `worldmodels encode`") from None
 
 
-def load_controller(paths: RunPaths) -> np.ndarray:
-    """C's parameters (RUN/controller.npy, written by evolve), float32."""
-    paths.require(paths.controller, "evolve")
-    params = read_npy(paths.controller)
+def load_controller(paths: RunPaths, iteration: int | None = None) -> np.ndarray:
+    """C's parameters (RUN/controller.npy, written by evolve; or snapshot `iteration`'s),
+    float32."""
+    path = paths.agent_file(paths.controller.name, iteration)
+    paths.require(path, "evolve" if iteration is None else "iterate")
+    params = read_npy(path)
     if not np.issubdtype(params.dtype, np.floating) or not np.isfinite(params).all():
-        raise UserError(f"{paths.controller}: expected finite floats, got {params.dtype} "
-                        "values that are not")
+        raise UserError(f"{path}: expected finite floats, got {params.dtype} values that are "
+                        "not")
     return params.astype(np.float32)
 
 
@@ -107,15 +109,18 @@ class WorldModel:
     sees_cell: bool = False  # C reads M's cell state too (evolve.sees_cell)
 
     @classmethod
-    def from_run(cls, run: Path, with_vae: bool = True) -> WorldModel:
+    def from_run(cls, run: Path, with_vae: bool = True,
+                 iteration: int | None = None) -> WorldModel:
+        """RUN's world model, with the M of snapshot `iteration` (made by iterate) if given."""
         paths = RunPaths(Path(run))
         paths.require(paths.vae, "train-vae")
-        paths.require(paths.mdnrnn, "train-mdnrnn")
-        mdnrnn, payload = checkpoint.load_model(paths.mdnrnn, MDNRNN, MDNRNNConfig)
+        m_path = paths.agent_file(paths.mdnrnn.name, iteration)
+        paths.require(m_path, "train-mdnrnn" if iteration is None else "iterate")
+        mdnrnn, payload = checkpoint.load_model(m_path, MDNRNN, MDNRNNConfig)
         config = load_run_config(paths) if paths.config.exists() else None
         game = get_game(config.env if config else CARRACING.name)
         if mdnrnn.config.action_size != game.actions.size:
-            raise UserError(f"{paths.mdnrnn}: M was trained on {mdnrnn.config.action_size} "
+            raise UserError(f"{m_path}: M was trained on {mdnrnn.config.action_size} "
                             f"actions but the run's --env {game.name} has {game.actions.size}; "
                             "a run holds one game")
         vae_config = vae_state = None
@@ -123,7 +128,7 @@ class WorldModel:
             vae, _ = checkpoint.load_model(paths.vae, ConvVAE, VAEConfig)
             if vae.config.z_size != mdnrnn.config.z_size:  # else a matmul error mid-run
                 raise UserError(f"{paths.vae}: V has z size {vae.config.z_size} but "
-                                f"{paths.mdnrnn.name} was trained on z size "
+                                f"{m_path.name} was trained on z size "
                                 f"{mdnrnn.config.z_size}; retrain M (train-mdnrnn) after V")
             vae_config, vae_state = asdict(vae.config), vae.state_dict()
         mu, logvar = load_starts(paths)
@@ -131,7 +136,7 @@ class WorldModel:
             raise UserError(f"{paths.dream_starts}: z size {mu.shape[1]} but M has "
                             f"{mdnrnn.config.z_size}")
         pos_weight = payload.get("done_pos_weight", 1.0)
-        require_finite(f"{paths.mdnrnn}: done_pos_weight", pos_weight, above=0)
+        require_finite(f"{m_path}: done_pos_weight", pos_weight, above=0)
         return cls(asdict(mdnrnn.config), mdnrnn.state_dict(), vae_config, vae_state, mu, logvar,
                    game.name, float(pos_weight), bool(config and config.evolve.sees_cell))
 
@@ -166,11 +171,13 @@ class WorldModel:
     def param_count(self) -> int:
         return param_count(self.z_size, self.hidden_size, self.game.actions.size, self.sees_cell)
 
-    def load_controller(self, paths: RunPaths) -> np.ndarray:
-        """RUN/controller.npy, refused in one line unless it is a C of this world model."""
-        params = load_controller(paths)
+    def load_controller(self, paths: RunPaths, iteration: int | None = None) -> np.ndarray:
+        """RUN/controller.npy (or snapshot `iteration`'s), refused in one line unless it is a
+        C of this world model."""
+        params = load_controller(paths, iteration)
         if params.shape != (self.param_count,):
-            raise UserError(f"{paths.controller}: {params.shape} parameters, the run's C needs "
+            raise UserError(f"{paths.agent_file(paths.controller.name, iteration)}: "
+                            f"{params.shape} parameters, the run's C needs "
                             f"({self.param_count},)")
         return params
 

@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_non_negative, default=None, help="0: in-process, no Ray")
     p.add_argument("--address", default=None, help="join a Ray cluster: auto or HOST:PORT")
     p.add_argument("--policy", choices=["controller", "random"], default="controller")
+    p.add_argument("--iteration", type=_non_negative, default=None,
+                   help="score the agent (M and C) of iterate's snapshot N, RUN/iterations/NN, "
+                        "instead of the run's (default --out: that snapshot's evaluation.json)")
     p.add_argument("--envs-per-worker", type=_positive, default=None,
                    help="real envs each worker steps together (V, M, C batched over them)")
     p.add_argument("--video", type=Path, default=None,
@@ -282,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--choose", choices=CHOOSE_BY, default=None,
                    help="which snapshot is the run's agent at the end: the best real check "
                         "(the last without checks) or the best over its noiseless episodes")
+    p.add_argument("--finalists", type=_non_negative, default=None,
+                   help="with --choose episodes: the best N snapshots by their round's "
+                        "episodes replay --finalist-episodes more, and the best of those wins "
+                        "(0 or 1: the round's alone; default: the run's iterate.finalists)")
+    p.add_argument("--finalist-episodes", type=_positive, default=None,
+                   help="noiseless episodes each finalist plays (selection seeds 2,000,000+)")
     p.add_argument("--ratchet", action=argparse.BooleanOptionalAction, default=None,
                    help="with --choose episodes: start each round from the best snapshot by "
                         "noiseless episodes so far, not the last (default: the run's "

@@ -198,6 +198,12 @@ class IterateConfig:
     check; the last where none was checked) or `episodes` (the best mean real return over its
     noiseless episodes: those of the round after it; the last plays the next round's first).
     Only without real checks."""
+    finalists: int = non_negative(0)
+    """With `choose` episodes: the best N snapshots by their round's noiseless episodes play
+    `finalist_episodes` more, the same for each (selection seeds 2,000,000+), and the best of
+    those is chosen; the ratchet's choice too (0 or 1: the round episodes alone)."""
+    finalist_episodes: int = bounded(200, 1, SEED_BLOCK)
+    """Noiseless real episodes each finalist plays (once: kept in its snapshot)."""
     ratchet: bool = False
     """With `choose` episodes: each round starts from the snapshot its noiseless episodes
     rank best so far (the last one's played first), not the last; its exploring episodes and

@@ -53,8 +53,11 @@ def holds_episodes(summary: dict | None, seeds: list[int], max_steps: int,
             and (agent is None or summary.get("agent") == agent))
 
 
-def summary_path(paths: RunPaths, policy: str) -> Path:
-    """Where a run keeps its evaluation of `policy` (the pipeline's and `evaluate`'s default)."""
+def summary_path(paths: RunPaths, policy: str, iteration: int | None = None) -> Path:
+    """Where a run keeps its evaluation of `policy` (the pipeline's and `evaluate`'s default),
+    or of snapshot `iteration`'s agent."""
+    if iteration is not None:
+        return paths.snapshot(iteration) / paths.evaluation.name
     return paths.evaluation if policy == "controller" else paths.root / "evaluation_random.json"
 
 
@@ -90,20 +93,23 @@ def load_finished(path: Path, key: str) -> dict[int, list]:
 def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
              address: str | None = None, video: Path | None = None,
              progress: bool = True, evaluator=None, device: str = "cpu",
-             out: Path | None = None) -> dict:
+             out: Path | None = None, iteration: int | None = None) -> dict:
     """Run `config.episodes` real episodes; returns the summary and writes it to `out`
     (default: the run's, `summary_path`). `evaluator` (optional, e.g. the pipeline's)
-    replaces the one made from `config.workers`."""
+    replaces the one made from `config.workers`. `iteration` scores the agent (M and C) of
+    that iterate snapshot instead of RUN's (default out: the snapshot's evaluation.json)."""
     if policy not in POLICIES:
         raise UserError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    if iteration is not None and policy != "controller":
+        raise UserError(f"--iteration {iteration} names an agent; the random policy has none")
     check_fields(config, "config.json or a flag", "evaluate")
     paths = RunPaths(Path(run))
     paths.writable()  # before the episodes: their scores must not be lost to a failed write
-    world = WorldModel.from_run(paths.root)
-    params = world.load_controller(paths) if policy == "controller" else None
+    world = WorldModel.from_run(paths.root, iteration=iteration)
+    params = world.load_controller(paths, iteration) if policy == "controller" else None
     seeds = episode_seeds(config)
     if out is None:
-        out = summary_path(paths, policy)
+        out = summary_path(paths, policy, iteration)
         # The run's record of other episodes (say the pipeline's 100) is not replaced by a
         # quick look at a few.
         held = load_json(out) if out.exists() else None
@@ -132,7 +138,8 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
         evaluator = make_evaluator(world, config.workers, address, device,
                                    config.envs_per_worker)
     bar = progress_bar(total=len(seeds), initial=len(finished), unit="ep", disable=not progress,
-                       desc=f"evaluate ({policy}, {config.workers or 'no'} Ray workers)")
+                       desc=f"evaluate ({policy if iteration is None else f'iteration {iteration}'}"
+                            f", {config.workers or 'no'} Ray workers)")
     try:
         if todo:
             evaluator.run("real", None if params is None else params[None], np.array([todo]),
@@ -148,14 +155,17 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
     save_json(summary, out)
     partial.unlink(missing_ok=True)
     if video is not None:
-        record_real_video(paths.root, Path(video), params, seeds[0], config.max_steps, device)
+        record_real_video(paths.root, Path(video), params, seeds[0], config.max_steps, device,
+                          iteration=iteration)
     return summary
 
 
 def record_real_video(run: Path, out: Path, params: np.ndarray | None, seed: int,
-                      max_steps: int, device: str = "cpu", scale: int = SCALE) -> Path:
-    """One real episode: the real 64x64 frame beside V's reconstruction, as mp4 or gif."""
-    world = WorldModel.from_run(Path(run))
+                      max_steps: int, device: str = "cpu", scale: int = SCALE,
+                      iteration: int | None = None) -> Path:
+    """One real episode: the real 64x64 frame beside V's reconstruction, as mp4 or gif (with
+    snapshot `iteration`'s M, C's `params` being its)."""
+    world = WorldModel.from_run(Path(run), iteration=iteration)
     agent = Agent.from_world(world, device)
     controllers = None if params is None else world.controllers(params, agent.device)
     env = world.game.make_env(max_steps=max_steps)
@@ -185,10 +195,10 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     if args.envs_per_worker is not None:
         config.envs_per_worker = args.envs_per_worker
     s = evaluate(args.run, config, args.policy, args.address, args.video,
-                 device=str(resolve_device(args.device)), out=args.out)
+                 device=str(resolve_device(args.device)), out=args.out, iteration=args.iteration)
+    out = args.out or summary_path(paths, s["policy"], args.iteration)
     print(f"evaluate ({s['policy']}): {s['mean']:.1f} +- {s['std']:.1f} over {s['episodes']} "
-          f"episodes (min {s['min']:.1f}, max {s['max']:.1f}) -> "
-          f"{args.out or summary_path(paths, s['policy'])}")
+          f"episodes (min {s['min']:.1f}, max {s['max']:.1f}) -> {out}")
     if args.video is not None:
         print(f"video: {args.video}")
     return 0

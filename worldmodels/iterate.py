@@ -57,6 +57,7 @@ from worldmodels.atomic import write_bytes
 from worldmodels.checkpoint import load_payload
 from worldmodels.config import (
     SEED_BLOCK,
+    EvaluateConfig,
     EvolveConfig,
     IterateConfig,
     check_fields,
@@ -67,7 +68,15 @@ from worldmodels.config import (
 from worldmodels.data.rollouts import encode_episode, episode_path, list_episodes
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
-from worldmodels.evolve.cmaes import evolve, evolved_config, load_state, restart, save_state
+from worldmodels.evaluate import agent_digest, episode_seeds, evaluate, holds_episodes
+from worldmodels.evolve.cmaes import (
+    REAL_EVAL_SEED,
+    evolve,
+    evolved_config,
+    load_state,
+    restart,
+    save_state,
+)
 from worldmodels.logger import RunLogger, read_csv
 from worldmodels.npfiles import read_npz
 from worldmodels.progress import progress_bar
@@ -272,11 +281,30 @@ def check_choice(config: IterateConfig, evolve_real_eval_every: int,
                         "choose check")
 
 
+def finalist_return(paths: RunPaths, iteration: int, config: IterateConfig,
+                    address: str | None, progress: bool, device: str) -> float:
+    """Mean real return of snapshot `iteration`'s agent over the finalists' noiseless episodes
+    (the same selection seeds for every finalist, so they are compared pair by pair), played
+    once and kept in the snapshot as finalist.json."""
+    e_config = EvaluateConfig(episodes=config.finalist_episodes, seed=REAL_EVAL_SEED,
+                              max_steps=config.max_steps, workers=config.workers,
+                              envs_per_worker=config.envs_per_worker)
+    out = paths.snapshot(iteration) / "finalist.json"
+    world = WorldModel.from_run(paths.root, with_vae=False, iteration=iteration)
+    agent = agent_digest(world.load_controller(paths, iteration), world.mdnrnn_state)
+    held = load_json(out) if out.exists() else None
+    if not holds_episodes(held, episode_seeds(e_config), e_config.max_steps, agent):
+        held = evaluate(paths.root, e_config, address=address, progress=progress,
+                        device=device, out=out, iteration=iteration)
+    return float(held["mean"])
+
+
 def choose_by_episodes(paths: RunPaths, data: Path, config: IterateConfig, last: int,
                        address: str | None, progress: bool, device: str) -> tuple[int, str]:
     """(iteration, why) of the snapshot whose noiseless episodes had the best mean return
-    (the later of a tie). The last snapshot first plays its own: the next round's noiseless
-    episodes, so a run continued later collects only the rest of that round."""
+    (the later of a tie), or with `finalists`, of the best of those over the finalists'
+    episodes. The last snapshot first plays its own: the next round's noiseless episodes, so
+    a run continued later collects only the rest of that round."""
     final = noiseless_plan(config, last + 1)
     if not all(episode_path(data, seed).exists() for seed, _ in final):
         put_back(paths, last, FILES)  # the last agent plays them, wherever RUN was left
@@ -286,7 +314,17 @@ def choose_by_episodes(paths: RunPaths, data: Path, config: IterateConfig, last:
     if unscored and progress:  # their episodes are not all in `data` (another --data?)
         print(f"iterate: snapshots {unscored} have no noiseless episodes in {data}; not chosen")
     best = max(scores, key=lambda it: (scores[it], it))
-    return best, f"its noiseless real episodes: {scores[best]:.1f}"
+    # A round's 100 episodes cannot split agents a few percent apart; the best few replay on
+    # more episodes, the same for each.
+    ranked = sorted(scores, key=lambda it: (scores[it], it))
+    finalists = sorted(ranked[-config.finalists:]) if config.finalists > 1 else []
+    if len(finalists) < 2:
+        return best, f"its noiseless real episodes: {scores[best]:.1f}"
+    replays = {it: finalist_return(paths, it, config, address, progress, device)
+               for it in finalists}
+    best = max(replays, key=lambda it: (replays[it], it))
+    return best, (f"the best of finalists {finalists} over {config.finalist_episodes} more "
+                  f"noiseless episodes: {replays[best]:.1f}; its round's {scores[best]:.1f}")
 
 
 def put_back(paths: RunPaths, iteration: int, names: tuple[str, ...]) -> None:
@@ -399,12 +437,14 @@ def cli_iterate(args: argparse.Namespace) -> int:
     paths = RunPaths(args.run)
     paths.require(paths.es_state, "evolve")
     config = load_run_config(paths).iterate
-    for name in ("iterations", "episodes", "noise", "choose", "ratchet", "restart",
-                 "real_eval_every", "workers"):
+    for name in ("iterations", "episodes", "noise", "choose", "finalists", "finalist_episodes",
+                 "ratchet", "restart", "real_eval_every", "workers"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
+    choose_again = any(getattr(args, name) is not None
+                       for name in ("choose", "finalists", "finalist_episodes"))
     rows = iterate(args.run, config, args.data, address=args.address,
-                   device=str(resolve_device(args.device)), choose_again=args.choose is not None)
+                   device=str(resolve_device(args.device)), choose_again=choose_again)
     for row in rows:
         real = "none" if np.isnan(row["real_check"]) else f"{row['real_check']:.1f}"
         print(f"iteration {int(row['step'])}: {int(row['episodes'])} episodes, the agent it "

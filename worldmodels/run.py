@@ -71,6 +71,10 @@ class RunPaths:
         """Where iterate keeps the agent as it stood after `iteration` (0: the first evolution)."""
         return self.root / "iterations" / f"{iteration:02d}"
 
+    def agent_file(self, name: str, iteration: int | None = None) -> Path:
+        """RUN's agent file `name` (mdnrnn.pt, controller.npy), or snapshot `iteration`'s."""
+        return self.root / name if iteration is None else self.snapshot(iteration) / name
+
     def writable(self) -> Path:
         """The run directory, made if missing; one line if it cannot be written (checked
         before a stage works, not when it saves its first file)."""
