@@ -32,9 +32,11 @@ is the run's agent, its M and C put back in RUN (`choose`): with `check`, the on
 best real check, or the last where none was checked; with `episodes`, the one whose
 noiseless round episodes (those of the round after it) had the best mean return, the last
 first playing the next round's noiseless episodes (only without real checks: with them a
-round plays the best-checked C). C still learns only in the dream: these real episodes, on
-the agent seeds (never evaluation seeds), choose among the dream's agents, as a held-out set
-chooses an epoch. Rounds continued later go on from the last snapshot.
+round plays the best-checked C); with `finalists`, the best few of those then play more
+noiseless episodes, the same seeds for each (kept in their snapshots), and the best wins.
+C still learns only in the dream: these real episodes, on the agent and selection seeds
+(never evaluation seeds), choose among the dream's agents, as a held-out set chooses an
+epoch. Rounds continued later go on from the last snapshot.
 
 Resumable: every step saves as it goes (episodes, epochs, generations), and RUN/iterate.json
 records the finished iterations, so a kill loses at most the episode, epoch or generation in
