@@ -499,6 +499,40 @@ def test_ratchet_starts_each_round_from_the_longest_lived_snapshot(dream_only_ru
     np.testing.assert_array_equal(np.load(paths.controller), snaps[0])
 
 
+def test_a_lost_noiseless_episode_is_replayed_by_its_snapshot_leaving_m_mid_round(
+        dream_only_run, tmp_path, monkeypatch):
+    # Killed after round 2's epochs of M, before its evolution; then the round's noiseless
+    # episode (snapshot 1's) is lost. The rerun plays it again with snapshot 1's M and C, not
+    # with RUN's, and RUN's M keeps its round-2 epochs.
+    run, data = _copy(dream_only_run, tmp_path)
+    paths = RunPaths(run)
+    iterate(run, RATCHET, data, progress=False)
+    (seed, _), = noiseless_plan(RATCHET, 2)
+    played = read_episode(episode_path(data, seed))
+    real_train = iterate_module.train_mdnrnn
+
+    def train_then_kill(*args, **kwargs):
+        real_train(*args, **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(iterate_module, "train_mdnrnn", train_then_kill)
+    with pytest.raises(KeyboardInterrupt):
+        iterate(run, dataclasses.replace(RATCHET, iterations=2), data, progress=False)
+    trained = paths.mdnrnn.read_bytes()
+    assert trained != (run / "iterations" / "01" / "mdnrnn.pt").read_bytes()
+    episode_path(data, seed).unlink()
+    m_at_training = []
+
+    def record(*args, **kwargs):
+        m_at_training.append(paths.mdnrnn.read_bytes())
+        return real_train(*args, **kwargs)
+    monkeypatch.setattr(iterate_module, "train_mdnrnn", record)
+    iterate(run, dataclasses.replace(RATCHET, iterations=2), data, progress=False)
+    again = read_episode(episode_path(data, seed))
+    np.testing.assert_array_equal(again.action, played.action)
+    np.testing.assert_array_equal(again.reward, played.reward)
+    assert m_at_training == [trained]
+
+
 def test_choose_by_episodes_needs_noiseless_episodes_and_no_real_checks(
         dream_only_run, base_run, tmp_path, capsys):
     run, data = _copy(dream_only_run, tmp_path / "a")

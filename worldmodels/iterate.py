@@ -164,9 +164,11 @@ class AgentPlayer:
 
 def collect_agent(run: Path, data: Path, config: IterateConfig, iteration: int,
                   address: str | None, progress: bool, device: str = "cpu",
-                  plan: list[tuple[int, float]] | None = None) -> list[Path]:
+                  plan: list[tuple[int, float]] | None = None,
+                  agent: int | None = None) -> list[Path]:
     """Play the missing episodes of the iteration's plan (or of `plan`, a part of it) into
-    `data` with RUN's agent; returns all their episode files."""
+    `data` with RUN's agent (or snapshot `agent`'s M and C); returns all their episode
+    files."""
     run_config = load_run_config(RunPaths(run))
     plan = episode_plan(config, iteration) if plan is None else plan
     files = [episode_path(data, seed) for seed, _ in plan]
@@ -178,8 +180,8 @@ def collect_agent(run: Path, data: Path, config: IterateConfig, iteration: int,
             todo.append((seed, noise))
     if not todo:
         return files
-    world = WorldModel.from_run(run)
-    params = exploring_params(world.load_controller(RunPaths(run)), todo)
+    world = WorldModel.from_run(run, iteration=agent)
+    params = exploring_params(world.load_controller(RunPaths(run), agent), todo)
     labels = [agent_label(run_config.run_id, iteration, noise) for _, noise in todo]
     envs = config.envs_per_worker
     tasks = [(params[i:i + envs], [s for s, _ in todo[i:i + envs]], labels[i:i + envs])
@@ -308,9 +310,8 @@ def choose_by_episodes(paths: RunPaths, data: Path, config: IterateConfig, last:
     episodes. The last snapshot first plays its own: the next round's noiseless episodes, so
     a run continued later collects only the rest of that round."""
     final = noiseless_plan(config, last + 1)
-    if not all(episode_path(data, seed).exists() for seed, _ in final):
-        put_back(paths, last, FILES)  # the last agent plays them, wherever RUN was left
-        collect_agent(paths.root, data, config, last + 1, address, progress, device, final)
+    collect_agent(paths.root, data, config, last + 1, address, progress, device, final,
+                  agent=last)  # the last snapshot's M and C, whatever RUN holds (M mid-round)
     scores = episode_scores(data, config, load_run_config(paths).run_id, last)
     unscored = [it for it in range(last + 1) if it not in scores]
     if unscored and progress:  # their episodes are not all in `data` (another --data?)
