@@ -464,6 +464,7 @@ def test_finalists_replay_on_the_same_seeds_and_the_best_replay_is_chosen(
     replays[other]["mean"] = 1e9
     save_json(replays[other], snaps[other] / "finalist.json")
     files = sorted(data.iterdir())
+    kept = {it: (snaps[it] / "finalist.json").stat().st_mtime_ns for it in finalists}
     choose = ["iterate", "--run", str(run), "--data", str(data), "--iterations", "2",
               "--choose", "episodes", "--finalist-episodes", "2", "--finalists"]
     capsys.readouterr()
@@ -472,6 +473,12 @@ def test_finalists_replay_on_the_same_seeds_and_the_best_replay_is_chosen(
         f"noiseless episodes: 1000000000.0; its round's " in capsys.readouterr().out
     assert json.loads((run / "iterate.json").read_text())["chosen"] == other
     assert sorted(data.iterdir()) == files
+    assert {it: (snaps[it] / "finalist.json").stat().st_mtime_ns for it in finalists} == kept
+    (snaps[other] / "finalist.json").write_text("{not json")  # a broken cache is replayed
+    assert main([*choose, "2"]) == 0
+    assert json.loads((run / "iterate.json").read_text())["chosen"] == best
+    assert json.loads((snaps[other] / "finalist.json").read_text())["returns"] == \
+        replays[other]["returns"]
     assert main([*choose, "0"]) == 0  # by the round's episodes alone
     assert json.loads((run / "iterate.json").read_text())["chosen"] == ranked[-1]
 
@@ -499,16 +506,14 @@ def test_ratchet_starts_each_round_from_the_longest_lived_snapshot(dream_only_ru
     np.testing.assert_array_equal(np.load(paths.controller), snaps[0])
 
 
-def test_a_lost_noiseless_episode_is_replayed_by_its_snapshot_leaving_m_mid_round(
+def test_lost_episodes_are_replayed_with_the_m_their_round_began_with(
         dream_only_run, tmp_path, monkeypatch):
-    # Killed after round 2's epochs of M, before its evolution; then the round's noiseless
-    # episode (snapshot 1's) is lost. The rerun plays it again with snapshot 1's M and C, not
-    # with RUN's, and RUN's M keeps its round-2 epochs.
+    # Killed after round 2's epochs of M, before its evolution; then the round's episodes
+    # are lost. The rerun plays them again with the M the round began with (snapshot 1's),
+    # not RUN's, and RUN's M keeps its round-2 epochs.
     run, data = _copy(dream_only_run, tmp_path)
     paths = RunPaths(run)
     iterate(run, RATCHET, data, progress=False)
-    (seed, _), = noiseless_plan(RATCHET, 2)
-    played = read_episode(episode_path(data, seed))
     real_train = iterate_module.train_mdnrnn
 
     def train_then_kill(*args, **kwargs):
@@ -519,7 +524,10 @@ def test_a_lost_noiseless_episode_is_replayed_by_its_snapshot_leaving_m_mid_roun
         iterate(run, dataclasses.replace(RATCHET, iterations=2), data, progress=False)
     trained = paths.mdnrnn.read_bytes()
     assert trained != (run / "iterations" / "01" / "mdnrnn.pt").read_bytes()
-    episode_path(data, seed).unlink()
+    files = [episode_path(data, seed) for seed, _ in episode_plan(RATCHET, 2)]
+    played = [read_episode(f) for f in files]  # exploring, then snapshot 1's noiseless
+    for f in files:
+        f.unlink()
     m_at_training = []
 
     def record(*args, **kwargs):
@@ -527,9 +535,10 @@ def test_a_lost_noiseless_episode_is_replayed_by_its_snapshot_leaving_m_mid_roun
         return real_train(*args, **kwargs)
     monkeypatch.setattr(iterate_module, "train_mdnrnn", record)
     iterate(run, dataclasses.replace(RATCHET, iterations=2), data, progress=False)
-    again = read_episode(episode_path(data, seed))
-    np.testing.assert_array_equal(again.action, played.action)
-    np.testing.assert_array_equal(again.reward, played.reward)
+    for before, f in zip(played, files, strict=True):
+        again = read_episode(f)
+        np.testing.assert_array_equal(again.action, before.action)
+        np.testing.assert_array_equal(again.reward, before.reward)
     assert m_at_training == [trained]
 
 

@@ -6,7 +6,9 @@ the env steps, and M updates h with (z, action) (`worldmodels.agent`); each work
 `envs_per_worker` envs at once. Episode i uses seed `seed + i` (for the track and for z's
 noise), so a result is reproducible. Writes RUN/evaluation.json (RUN/evaluation_random.json
 for `--policy random`), with each episode's return and step count; it never replaces them
-with a summary of other episodes (`--out` writes one elsewhere).
+with a summary of other episodes (`--out` writes one elsewhere). `--iteration N` scores the
+agent (M and C) iterate kept in RUN/iterations/NN instead, into that snapshot's
+evaluation.json.
 """
 
 from __future__ import annotations
@@ -51,6 +53,18 @@ def holds_episodes(summary: dict | None, seeds: list[int], max_steps: int,
     return (isinstance(summary, dict) and summary.get("seeds") == seeds
             and summary.get("max_steps", max_steps) == max_steps
             and (agent is None or summary.get("agent") == agent))
+
+
+def held_summary(paths: RunPaths, out: Path, config: EvaluateConfig,
+                 policy: str = "controller", iteration: int | None = None) -> dict | None:
+    """The summary at `out` if it already scores `config`'s episodes of `policy` (RUN's agent,
+    or snapshot `iteration`'s), else None."""
+    held = load_json(out) if out.exists() else None
+    agent = None
+    if policy == "controller":
+        world = WorldModel.from_run(paths.root, with_vae=False, iteration=iteration)
+        agent = agent_digest(world.load_controller(paths, iteration), world.mdnrnn_state)
+    return held if holds_episodes(held, episode_seeds(config), config.max_steps, agent) else None
 
 
 def summary_path(paths: RunPaths, policy: str, iteration: int | None = None) -> Path:

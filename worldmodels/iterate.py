@@ -70,7 +70,7 @@ from worldmodels.config import (
 from worldmodels.data.rollouts import encode_episode, episode_path, list_episodes
 from worldmodels.device import resolve_device
 from worldmodels.errors import UserError
-from worldmodels.evaluate import agent_digest, episode_seeds, evaluate, holds_episodes
+from worldmodels.evaluate import evaluate, held_summary
 from worldmodels.evolve.cmaes import (
     REAL_EVAL_SEED,
     evolve,
@@ -165,10 +165,11 @@ class AgentPlayer:
 def collect_agent(run: Path, data: Path, config: IterateConfig, iteration: int,
                   address: str | None, progress: bool, device: str = "cpu",
                   plan: list[tuple[int, float]] | None = None,
-                  agent: int | None = None) -> list[Path]:
+                  controller: int | None = None) -> list[Path]:
     """Play the missing episodes of the iteration's plan (or of `plan`, a part of it) into
-    `data` with RUN's agent (or snapshot `agent`'s M and C); returns all their episode
-    files."""
+    `data` with RUN's C (or snapshot `controller`'s) and the M the iteration began with (the
+    last snapshot's: RUN's may be further on, killed in the iteration's epochs); returns all
+    their episode files."""
     run_config = load_run_config(RunPaths(run))
     plan = episode_plan(config, iteration) if plan is None else plan
     files = [episode_path(data, seed) for seed, _ in plan]
@@ -180,8 +181,8 @@ def collect_agent(run: Path, data: Path, config: IterateConfig, iteration: int,
             todo.append((seed, noise))
     if not todo:
         return files
-    world = WorldModel.from_run(run, iteration=agent)
-    params = exploring_params(world.load_controller(RunPaths(run), agent), todo)
+    world = WorldModel.from_run(run, iteration=iteration - 1)
+    params = exploring_params(world.load_controller(RunPaths(run), controller), todo)
     labels = [agent_label(run_config.run_id, iteration, noise) for _, noise in todo]
     envs = config.envs_per_worker
     tasks = [(params[i:i + envs], [s for s, _ in todo[i:i + envs]], labels[i:i + envs])
@@ -294,10 +295,11 @@ def finalist_return(paths: RunPaths, iteration: int, config: IterateConfig,
                               max_steps=config.max_steps, workers=config.workers,
                               envs_per_worker=config.envs_per_worker)
     out = paths.snapshot(iteration) / "finalist.json"
-    world = WorldModel.from_run(paths.root, with_vae=False, iteration=iteration)
-    agent = agent_digest(world.load_controller(paths, iteration), world.mdnrnn_state)
-    held = load_json(out) if out.exists() else None
-    if not holds_episodes(held, episode_seeds(e_config), e_config.max_steps, agent):
+    try:
+        held = held_summary(paths, out, e_config, iteration=iteration)
+    except UserError:  # not a summary: a cache, so played again
+        held = None
+    if held is None:
         held = evaluate(paths.root, e_config, address=address, progress=progress,
                         device=device, out=out, iteration=iteration)
     return float(held["mean"])
@@ -311,7 +313,7 @@ def choose_by_episodes(paths: RunPaths, data: Path, config: IterateConfig, last:
     a run continued later collects only the rest of that round."""
     final = noiseless_plan(config, last + 1)
     collect_agent(paths.root, data, config, last + 1, address, progress, device, final,
-                  agent=last)  # the last snapshot's M and C, whatever RUN holds (M mid-round)
+                  controller=last)
     scores = episode_scores(data, config, load_run_config(paths).run_id, last)
     unscored = [it for it in range(last + 1) if it not in scores]
     if unscored and progress:  # their episodes are not all in `data` (another --data?)
@@ -345,7 +347,7 @@ def iterate(run: Path, config: IterateConfig, data: Path | None = None,
     """Run (or continue) `config.iterations` iterations, writing the agent's episodes into
     `data` (default: the directory V was trained on); returns the iterate.csv rows. A call
     that runs no new iteration keeps the agent chosen when they ended, unless
-    `choose_again` (iterate --choose)."""
+    `choose_again` (iterate --choose, --finalists or --finalist-episodes)."""
     check_fields(config, "config.json or a flag", "iterate")
     paths = RunPaths(Path(run))
     paths.writable()

@@ -20,7 +20,6 @@ from tqdm import tqdm
 from worldmodels.agent import WorldModel, load_controller
 from worldmodels.config import (
     PipelineConfig,
-    load_json,
     preset,
     preset_for,
     setting_key,
@@ -31,14 +30,7 @@ from worldmodels.data.collect import collect
 from worldmodels.device import resolve_device
 from worldmodels.env.games import get_game
 from worldmodels.errors import UserError
-from worldmodels.evaluate import (
-    agent_digest,
-    episode_seeds,
-    evaluate,
-    holds_episodes,
-    record_real_video,
-    summary_path,
-)
+from worldmodels.evaluate import evaluate, held_summary, record_real_video, summary_path
 from worldmodels.evolve.cmaes import evolve, evolved_config
 from worldmodels.evolve.workers import make_evaluator
 from worldmodels.iterate import check_choice, iterate
@@ -148,12 +140,9 @@ def pipeline(run: Path, preset_name: str, data: Path | None = None, workers: int
         random_eval = dataclasses.replace(
             config.evaluate, episodes=config.evaluate.random_episodes or config.evaluate.episodes)
         for policy, eval_config in (("controller", config.evaluate), ("random", random_eval)):
-            out = summary_path(paths, policy)
-            held = load_json(out) if out.exists() else None
             # The run's agent may have changed since (iterate chose another snapshot).
-            agent = (agent_digest(world.load_controller(paths), world.mdnrnn_state)
-                     if policy == "controller" else None)
-            if holds_episodes(held, episode_seeds(eval_config), eval_config.max_steps, agent):
+            held = held_summary(paths, summary_path(paths, policy), eval_config, policy)
+            if held is not None:
                 _say(progress, f"evaluate ({policy}): done already")
                 results[policy] = held
                 continue
