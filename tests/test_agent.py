@@ -10,7 +10,7 @@ from conftest import FakeCarRacing
 from fake_run import HIDDEN, Z, make_run
 
 from worldmodels.agent import Agent, WorldModel, run_episodes, starts_from_latents
-from worldmodels.config import preset, save_json
+from worldmodels.config import REAL_Z, preset, save_json
 from worldmodels.env.carracing import CARRACING, PreprocessFrame
 from worldmodels.evolve.workers import RolloutWorker
 from worldmodels.models.controller import ACTION_HIGH, ACTION_LOW, param_count
@@ -115,12 +115,14 @@ def test_dream_starts_of_an_older_run_are_built_once(tmp_path):
         WorldModel.from_run(run)
 
 
-def test_a_cell_controller_acts_on_z_h_and_c_in_real_episodes(tmp_path):
+@pytest.mark.parametrize("real_z", REAL_Z)
+def test_a_cell_controller_acts_on_z_h_and_c_in_real_episodes(tmp_path, real_z):
     # The reference: V, M and C's whole matrix stepped by hand over the recorded frames,
-    # with the episode's own z noise (a generator seeded with its seed).
+    # with z sampled with the episode's own noise (a generator seeded with its seed), or V's
+    # mean; evolve's workers (its real checks) play the same episode.
     run = make_run(tmp_path)
     config = preset("tiny")
-    config.evolve.sees_cell = True
+    config.evolve.sees_cell, config.evolve.real_z = True, real_z
     save_json(config, RunPaths(run).config)
     world = WorldModel.from_run(run)
     n_in = Z + 2 * HIDDEN
@@ -136,7 +138,13 @@ def test_a_cell_controller_acts_on_z_h_and_c_in_real_episodes(tmp_path):
         for frame, recorded in zip(result.episode.obs, result.episode.action, strict=True):
             mu, logvar = vae.encode(torch.from_numpy(frame[None]))
             z = mu + torch.exp(0.5 * logvar) * torch.randn(Z, generator=noise)
+            if real_z == "mean":
+                z = mu
             x = torch.cat([z[0], state[0][0], state[1][0]])
             action = CARRACING.actions.squash(matrix @ x + bias)
             np.testing.assert_allclose(recorded, action.numpy(), atol=1e-5)
             state = mdnrnn.step(z, action[None], state)
+    worker = RolloutWorker(world, envs=1)
+    worker._env_batch = lambda max_steps, n: _envs(n)  # no simulator here
+    [[total, steps]] = worker.run("real", params[None], np.zeros(1, int), np.array([4]), 1.0, 40)
+    assert total == pytest.approx(result.total_reward, abs=1e-5) and steps == result.steps

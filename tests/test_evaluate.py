@@ -217,3 +217,5 @@ def test_the_agent_digest_names_c_and_the_weights_of_m():
     assert agent_digest(params, {"w": torch.ones(2)}) != agent_digest(params, m)
     assert agent_digest(2 * params, m) != agent_digest(params, m)
     assert agent_digest(None, m) == "random"
+    assert agent_digest(params, m, "sample") == agent_digest(params, m)  # as before the choice
+    assert agent_digest(params, m, "mean") != agent_digest(params, m)

@@ -107,6 +107,7 @@ class WorldModel:
     done_pos_weight: float = 1.0  # the class weight M's done head trained with (the dream's
     # `sample` done rule undoes it)
     sees_cell: bool = False  # C reads M's cell state too (evolve.sees_cell)
+    real_z: str = "sample"  # z from a real frame: V's posterior sampled, or its mean
 
     @classmethod
     def from_run(cls, run: Path, with_vae: bool = True,
@@ -138,7 +139,8 @@ class WorldModel:
         pos_weight = payload.get("done_pos_weight", 1.0)
         require_finite(f"{m_path}: done_pos_weight", pos_weight, above=0)
         return cls(asdict(mdnrnn.config), mdnrnn.state_dict(), vae_config, vae_state, mu, logvar,
-                   game.name, float(pos_weight), bool(config and config.evolve.sees_cell))
+                   game.name, float(pos_weight), bool(config and config.evolve.sees_cell),
+                   config.evolve.real_z if config else "sample")
 
     def mdnrnn(self, device: torch.device | str = "cpu") -> MDNRNN:
         model = MDNRNN(from_dict(MDNRNNConfig, self.mdnrnn_config))
@@ -203,9 +205,10 @@ class Agent:
     """V and M on one device: the agent's batched step on real frames."""
 
     def __init__(self, vae: ConvVAE, mdnrnn: MDNRNN, device: torch.device | str = "cpu",
-                 actions: ActionSpace = CARRACING.actions):
+                 actions: ActionSpace = CARRACING.actions, real_z: str = "sample"):
         self.device = torch.device(device)
         self.actions = actions
+        self.z_mean = real_z == "mean"
         # Frames arrive as (B, H, W, C): channels-last conv weights skip a layout reorder per
         # batch (~20% of V's time on CPU).
         self.vae = vae.to(self.device, memory_format=torch.channels_last).eval()
@@ -214,7 +217,8 @@ class Agent:
 
     @classmethod
     def from_world(cls, world: WorldModel, device: torch.device | str = "cpu") -> Agent:
-        return cls(world.vae(device), world.mdnrnn(device), device, world.game.actions)
+        return cls(world.vae(device), world.mdnrnn(device), device, world.game.actions,
+                   world.real_z)
 
     def initial_state(self, batch: int) -> LSTMState:
         return self.mdnrnn.initial_state(batch, self.device)
@@ -225,9 +229,10 @@ class Agent:
              action_noise: Tensor | None = None) -> tuple[Tensor, LSTMState]:
         """Frames (B, 64, 64, 3) uint8 and standard normals (B, Z) -> C's actions (B, A),
         plus `action_noise` (B, A) clipped to the bounds, and M's next state. Frame i is
-        driven by controller rows[i]."""
+        driven by controller rows[i]. z is V's posterior sampled with `z_noise`, or its mean
+        (`real_z` mean: the noise, drawn all the same, is unused)."""
         mu, logvar = self.vae.encode(torch.from_numpy(frames).to(self.device))
-        z = mu + torch.exp(0.5 * logvar) * z_noise.to(self.device)
+        z = mu if self.z_mean else mu + torch.exp(0.5 * logvar) * z_noise.to(self.device)
         action = controllers.act(torch.cat([z, state[0]], 1), rows, cell=state[1])
         if action_noise is not None:
             low, high = (torch.from_numpy(b).to(self.device)

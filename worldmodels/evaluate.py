@@ -63,7 +63,8 @@ def held_summary(paths: RunPaths, out: Path, config: EvaluateConfig,
     agent = None
     if policy == "controller":
         world = WorldModel.from_run(paths.root, with_vae=False, iteration=iteration)
-        agent = agent_digest(world.load_controller(paths, iteration), world.mdnrnn_state)
+        agent = agent_digest(world.load_controller(paths, iteration), world.mdnrnn_state,
+                             world.real_z)
     return held if holds_episodes(held, episode_seeds(config), config.max_steps, agent) else None
 
 
@@ -75,14 +76,17 @@ def summary_path(paths: RunPaths, policy: str, iteration: int | None = None) -> 
     return paths.evaluation if policy == "controller" else paths.root / "evaluation_random.json"
 
 
-def agent_digest(params: np.ndarray | None, mdnrnn_state: dict) -> str:
-    """Names the agent a summary scored: C and the weights of the M whose state C reads
+def agent_digest(params: np.ndarray | None, mdnrnn_state: dict, real_z: str = "sample") -> str:
+    """Names the agent a summary scored: C, the weights of the M whose state C reads, and how
+    it reads z from a frame (a sampling agent's digest is as before that was a choice)
     ("random": random play)."""
     if params is None:
         return "random"
     digest = hashlib.sha256(np.ascontiguousarray(params, np.float32).tobytes())
     for name in sorted(mdnrnn_state):
         digest.update(name.encode() + mdnrnn_state[name].cpu().numpy().tobytes())
+    if real_z != "sample":
+        digest.update(f"real_z={real_z}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -137,7 +141,7 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
                 f"steps) would replace them: give --out FILE")
     # Finished episodes survive an interrupt: their returns and steps are kept in a partial
     # file (rewritten atomically after each task), and a rerun plays only the rest.
-    agent = agent_digest(params, world.mdnrnn_state)
+    agent = agent_digest(params, world.mdnrnn_state, world.real_z)
     partial, key = out.with_suffix(".partial.json"), episodes_key(agent, config.max_steps)
     finished = {s: r for s, r in load_finished(partial, key).items() if s in seeds}
     todo = [s for s in seeds if s not in finished]

@@ -74,7 +74,7 @@ class RolloutWorker:
         if params is not None:
             if self._agent is None:
                 self._agent = Agent(self.world.vae(self.device), self.mdnrnn, self.device,
-                                    self.world.game.actions)
+                                    self.world.game.actions, self.world.real_z)
             controllers = self.world.controllers(params, self.device)
         results = run_episodes(self._env_batch(max_steps, len(seeds)), seeds, max_steps,
                                self._agent, controllers, rows, actions=self.world.game.actions)
