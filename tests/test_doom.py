@@ -197,15 +197,20 @@ def test_doom_tiny_pipeline_end_to_end_on_the_real_vizdoom(tmp_path, ray_session
     assert all(e.action.shape[1] == 1 for e in played)
     assert json.loads((run / "iterations" / "01" / "agent.json").read_text())["real_check"] \
         is None
-    # Each snapshot scored by its noiseless episode (the round after it); the longer-lived
-    # (the later of a tie) is the run's agent.
-    lived = [e.reward.sum() for e in played if e.policy.endswith("noise=0")]
-    chosen = 1 if lived[1] >= lived[0] else 0
+    # Each snapshot scored by its noiseless episode (the round after it), then both, the
+    # finalists, on the same selection episodes; the longer-lived there (the later of a tie)
+    # is the run's agent.
+    assert len([e for e in played if e.policy.endswith("noise=0")]) == 2
+    replays = [json.loads((run / "iterations" / f"{k:02d}" / "finalist.json").read_text())
+               for k in (0, 1)]
+    assert replays[0]["seeds"] == replays[1]["seeds"] and len(replays[0]["seeds"]) == 2
+    chosen = 1 if replays[1]["mean"] >= replays[0]["mean"] else 0
     assert json.loads((run / "iterate.json").read_text())["chosen"] == chosen
     assert (run / "iterations" / f"{chosen:02d}" / "controller.npy").read_bytes() == \
         paths.controller.read_bytes()
     world = WorldModel.from_run(run)
     assert world.env == "doom-takecover" and world.param_count == 64 + 64 + 1
+    assert world.real_z == "mean"  # as doom-skip8's agent reads frames
     assert np.load(paths.controller).shape == (world.param_count,)
     for policy in ("controller", "random"):
         summary = results[policy]

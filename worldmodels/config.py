@@ -344,10 +344,10 @@ def _preset_doom_tiny() -> PipelineConfig:
         VAEConfig(epochs=1, batch_size=32, max_frames_per_epoch=256),
         MDNRNNConfig(hidden_size=64, epochs=2, seq_len=32, batch_size=8),
         EvolveConfig(generations=2, popsize=6, rollouts=2, done="sample", max_steps=100,
-                     workers=2),
+                     real_z="mean", workers=2),
         EvaluateConfig(episodes=2, max_steps=150, workers=2),
         IterateConfig(iterations=1, episodes=2, max_steps=100, mdnrnn_epochs=1, generations=1,
-                      choose="episodes", workers=2),
+                      choose="episodes", finalists=2, finalist_episodes=2, workers=2),
     )
 
 
