@@ -224,15 +224,15 @@ class Agent:
         return self.mdnrnn.initial_state(batch, self.device)
 
     @torch.inference_mode()
-    def step(self, frames: np.ndarray, z_noise: Tensor, controllers: Controllers,
+    def step(self, frames: np.ndarray, z_noise: Tensor | None, controllers: Controllers,
              rows: Tensor, state: LSTMState,
              action_noise: Tensor | None = None) -> tuple[Tensor, LSTMState]:
         """Frames (B, 64, 64, 3) uint8 and standard normals (B, Z) -> C's actions (B, A),
         plus `action_noise` (B, A) clipped to the bounds, and M's next state. Frame i is
         driven by controller rows[i]. z is V's posterior sampled with `z_noise`, or its mean
-        (`real_z` mean: the noise, drawn all the same, is unused)."""
+        where there is none (`real_z` mean)."""
         mu, logvar = self.vae.encode(torch.from_numpy(frames).to(self.device))
-        z = mu if self.z_mean else mu + torch.exp(0.5 * logvar) * z_noise.to(self.device)
+        z = mu if z_noise is None else mu + torch.exp(0.5 * logvar) * z_noise.to(self.device)
         action = controllers.act(torch.cat([z, state[0]], 1), rows, cell=state[1])
         if action_noise is not None:
             low, high = (torch.from_numpy(b).to(self.device)
@@ -353,7 +353,8 @@ def _actions(running: list[_Running], live: list[int], agent: Agent | None,
     """(len(live), 3) float32 actions for the running episodes; M's state advances."""
     if controllers is None:
         return np.stack([run.policy(run.obs) for run in running])
-    z_noise = torch.stack([torch.randn(agent.z_size, generator=run.z_rng) for run in running])
+    z_noise = None if agent.z_mean else torch.stack(  # per step: drawn only where it is used
+        [torch.randn(agent.z_size, generator=run.z_rng) for run in running])
     noise = None
     if action_noise > 0:
         noise = torch.from_numpy(np.stack([run.rng.normal(0.0, action_noise, agent.actions.size)
