@@ -318,13 +318,12 @@ def choose_by_episodes(paths: RunPaths, data: Path, config: IterateConfig, last:
     unscored = [it for it in range(last + 1) if it not in scores]
     if unscored and progress:  # their episodes are not all in `data` (another --data?)
         print(f"iterate: snapshots {unscored} have no noiseless episodes in {data}; not chosen")
-    best = max(scores, key=lambda it: (scores[it], it))
+    ranked = sorted(scores, key=lambda it: (scores[it], it))  # the best (the later of a tie) last
     # A round's 100 episodes cannot split agents a few percent apart; the best few replay on
     # more episodes, the same for each.
-    ranked = sorted(scores, key=lambda it: (scores[it], it))
     finalists = sorted(ranked[-config.finalists:]) if config.finalists > 1 else []
     if len(finalists) < 2:
-        return best, f"its noiseless real episodes: {scores[best]:.1f}"
+        return ranked[-1], f"its noiseless real episodes: {scores[ranked[-1]]:.1f}"
     replays = {it: finalist_return(paths, it, config, address, progress, device)
                for it in finalists}
     best = max(replays, key=lambda it: (replays[it], it))
