@@ -560,5 +560,9 @@ def test_choose_by_episodes_needs_noiseless_episodes_and_no_real_checks(
     assert capsys.readouterr().err.strip().endswith("iterate.ratchet needs iterate.choose "
                                                     "episodes: the rounds' noiseless episodes "
                                                     "choose where each round starts")
+    assert main(["iterate", "--run", str(run), "--data", str(data), "--finalists", "3"]) == 2
+    assert capsys.readouterr().err.strip().endswith("iterate.finalists 3 needs iterate.choose "
+                                                    "episodes: the finalists are the snapshots "
+                                                    "their round episodes rank best")
     for root in (data, checked_data):  # refused before any round
         assert sorted(f.name for f in root.iterdir()) == before

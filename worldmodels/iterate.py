@@ -267,13 +267,17 @@ def episode_scores(data: Path, config: IterateConfig, run_id: str,
 
 def check_choice(config: IterateConfig, evolve_real_eval_every: int,
                  checked: bool = False) -> None:
-    """Refuse `choose` episodes (before any round) without noiseless episodes to choose by,
+    """Refuse (before any round) the ratchet or finalists without `choose` episodes, and
+    `choose` episodes without noiseless episodes to choose by,
     or with real checks (now, or `checked` in earlier rounds): a round then plays the
     best-checked C, not the last snapshot's, so its episodes would not score the snapshot
     before it."""
     if config.ratchet and config.choose != "episodes":
         raise UserError("iterate.ratchet needs iterate.choose episodes: the rounds' noiseless "
                         "episodes choose where each round starts")
+    if config.finalists > 1 and config.choose != "episodes":
+        raise UserError(f"iterate.finalists {config.finalists} needs iterate.choose episodes: "
+                        "the finalists are the snapshots their round episodes rank best")
     if config.choose != "episodes":
         return
     if not noiseless_plan(config, 1):
