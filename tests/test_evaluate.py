@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -172,6 +173,28 @@ def test_an_interrupted_evaluation_keeps_its_finished_episodes(tmp_path):
     third = InterruptAfter(run, 99)
     evaluate(run, config, progress=False, evaluator=third)
     assert third.played == [7, 8, 9]
+
+
+def test_more_episodes_into_the_same_file_play_only_the_new_ones(tmp_path):
+    run = _run_with_controller(tmp_path)
+    out = tmp_path / "more.json"
+    two = EvaluateConfig(episodes=2, seed=7, max_steps=8, workers=0)
+    three = dataclasses.replace(two, episodes=3)
+    fewer = evaluate(run, two, progress=False, out=out)
+    marked = {**fewer, "returns": [-123.0, fewer["returns"][1]]}  # shows which returns are kept
+
+    def played(config: EvaluateConfig) -> tuple[list[int], dict]:
+        out.write_text(json.dumps(marked))
+        evaluator = InterruptAfter(run, 99)
+        summary = evaluate(run, config, progress=False, evaluator=evaluator, out=out)
+        return evaluator.played, summary
+
+    seeds, got = played(three)
+    assert seeds == [9] and got["seeds"] == [7, 8, 9]
+    assert got["returns"][:2] == marked["returns"] and got["steps"][:2] == fewer["steps"]
+    assert played(dataclasses.replace(three, max_steps=9))[0] == [7, 8, 9]  # another limit
+    np.save(RunPaths(run).controller, np.zeros(param_count(32, 16), np.float32))
+    assert played(three)[0] == [7, 8, 9]  # another agent
 
 
 def test_garbage_controller_and_mismatched_z_sizes_are_one_line(tmp_path, capsys):

@@ -108,6 +108,19 @@ def load_finished(path: Path, key: str) -> dict[int, list]:
         return {}  # none, or not ours: play every episode
 
 
+def summary_finished(path: Path, key: str) -> dict[int, list]:
+    """[return, steps] by seed in a finished summary of the same agent and step limit, so
+    an evaluation of more episodes into the same file plays only the new ones."""
+    try:
+        held = json.loads(path.read_text())
+        if episodes_key(held["agent"], held["max_steps"]) != key:
+            return {}
+        return {int(seed): [float(r), int(n)]
+                for seed, r, n in zip(held["seeds"], held["returns"], held["steps"], strict=True)}
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return {}  # none, an older summary that does not name its agent, or not ours
+
+
 def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
              address: str | None = None, video: Path | None = None,
              progress: bool = True, evaluator=None, device: str = "cpu",
@@ -140,10 +153,12 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
                 f"this evaluation ({len(seeds)} from seed {seeds[0]}, up to {config.max_steps} "
                 f"steps) would replace them: give --out FILE")
     # Finished episodes survive an interrupt: their returns and steps are kept in a partial
-    # file (rewritten atomically after each task), and a rerun plays only the rest.
+    # file (rewritten atomically after each task), and a rerun plays only the rest; those of
+    # a summary of the same agent already at `out` are not played again either.
     agent = agent_digest(params, world.mdnrnn_state, world.real_z)
     partial, key = out.with_suffix(".partial.json"), episodes_key(agent, config.max_steps)
-    finished = {s: r for s, r in load_finished(partial, key).items() if s in seeds}
+    finished = {s: r for s, r in {**summary_finished(out, key),
+                                  **load_finished(partial, key)}.items() if s in seeds}
     todo = [s for s in seeds if s not in finished]
 
     def keep(lo: int, hi: int, scores: np.ndarray) -> None:
