@@ -347,7 +347,8 @@ def _preset_doom_tiny() -> PipelineConfig:
                      real_z="mean", workers=2),
         EvaluateConfig(episodes=2, max_steps=150, workers=2),
         IterateConfig(iterations=1, episodes=2, max_steps=100, mdnrnn_epochs=1, generations=1,
-                      choose="episodes", finalists=2, finalist_episodes=2, workers=2),
+                      choose="episodes", finalists=2, finalist_episodes=2, ratchet=True,
+                      workers=2),
     )
 
 
@@ -430,6 +431,11 @@ def _preset_doom_skip8() -> PipelineConfig:
     # 19 to 116 tics longer so, 77 +- 11 on average, paired over 300 selection episodes each
     # (README).
     config.evolve.real_z = "mean"
+    # Each round starts from the best snapshot so far, not the last: without it the agents
+    # drift down as often as up (seed 3: 524 tics at round 7, 365 at 13). On seed 0, against
+    # the same run without it, the finalists' choice lived 183 +- 31 tics longer over their
+    # 300 selection episodes, 202 +- 51 over the evaluation episodes (README).
+    config.iterate.ratchet = True
     return config
 
 
