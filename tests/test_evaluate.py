@@ -13,6 +13,7 @@ import torch
 from fake_run import make_mdnrnn, make_run
 
 from worldmodels import atomic, checkpoint
+from worldmodels import evaluate as evaluate_module
 from worldmodels.agent import WorldModel
 from worldmodels.cli import main
 from worldmodels.config import EvaluateConfig, VAEConfig
@@ -175,7 +176,7 @@ def test_an_interrupted_evaluation_keeps_its_finished_episodes(tmp_path):
     assert third.played == [7, 8, 9]
 
 
-def test_more_episodes_into_the_same_file_play_only_the_new_ones(tmp_path):
+def test_more_episodes_into_the_same_file_play_only_the_new_ones(tmp_path, monkeypatch):
     run = _run_with_controller(tmp_path)
     out = tmp_path / "more.json"
     two = EvaluateConfig(episodes=2, seed=7, max_steps=8, workers=0)
@@ -195,6 +196,11 @@ def test_more_episodes_into_the_same_file_play_only_the_new_ones(tmp_path):
     assert played(dataclasses.replace(three, max_steps=9))[0] == [7, 8, 9]  # another limit
     np.save(RunPaths(run).controller, np.zeros(param_count(32, 16), np.float32))
     assert played(three)[0] == [7, 8, 9]  # another agent
+    # Nothing left to play starts no workers.
+    monkeypatch.setattr(evaluate_module, "make_evaluator", lambda *args: pytest.fail("started"))
+    held = json.loads(out.read_text())
+    again = evaluate(run, three, progress=False, out=out)
+    assert again["seeds"] == held["seeds"] and again["returns"] == held["returns"]
 
 
 def test_garbage_controller_and_mismatched_z_sizes_are_one_line(tmp_path, capsys):

@@ -166,7 +166,7 @@ def evaluate(run: Path, config: EvaluateConfig, policy: str = "controller",
         atomic.write_text(partial, json.dumps({"key": key, "returns": finished}))
 
     start = time.perf_counter()
-    own_evaluator = evaluator is None
+    own_evaluator = evaluator is None and bool(todo)  # no Ray workers for nothing to play
     if own_evaluator:
         evaluator = make_evaluator(world, config.workers, address, device,
                                    config.envs_per_worker)
